@@ -1,0 +1,7 @@
+"""Conversion of a patch classifier to its exact dense network (ALGORITHM.md sections 2-4)."""
+from .errors import ConversionError, OutputStrideError, PaddingError, PatchSizeError, UnsupportedLayerError
+from .strip import find_patch_size, strip_padding
+from .trace import trace
+
+__all__ = ["ConversionError", "OutputStrideError", "PaddingError", "PatchSizeError", "UnsupportedLayerError",
+           "find_patch_size", "strip_padding", "trace"]

@@ -1,0 +1,436 @@
+"""Build the dense graph: strides set to 1, kernels dilated by the cumulative stride.
+
+Notation (ALGORITHM.md section 3, generalised to an output stride s). At a node whose original
+cumulative stride is d, the dense map keeps strides up to g = min(d, s) (its "grid" stride) and
+dilates by r = d / g. For the patch of output pixel (m*s, n*s), feature (a, b) of the node is
+
+    dense[m*s/g + a*r, n*s/g + b*r]                                   (*)
+
+Every rule below keeps (*) true; rows past the end of a map belong to no output pixel and are
+trimmed where maps meet. The patch-network shapes come from one run on the meta device.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from .errors import OutputStrideError, PaddingError, PatchSizeError, UnsupportedLayerError
+from .layers import PER_FEATURE_MODULES, TRAIN_MODE_UNSAFE, Layer, describe
+
+STRIP_HINT = ("use `valid_model, patch_size = fcnseg.strip_padding(model)` to remove internal padding "
+              "(the network becomes 'valid' and its patch grows), then densify valid_model")
+
+
+@dataclass
+class Geo:
+    """Where a node's values live: patch-network size, cumulative stride, dense grid and rate."""
+    kind: str                  # map (N, C.., h, w) | flat (N, C*h*w) | const | shape | tuple
+    hw: tuple = (1, 1)         # spatial size in the patch network (for flat: of the flattened map)
+    d: tuple = (1, 1)          # cumulative stride of the original network
+    g: tuple = (1, 1)          # stride kept in the dense network
+    rf: tuple = (1, 1)         # receptive field, input pixels
+    offset: tuple = (0, 0)     # top-left input pixel of feature (0, 0)'s receptive field
+
+    @property
+    def r(self):
+        return (self.d[0] // self.g[0], self.d[1] // self.g[1])
+
+
+@dataclass
+class LayerGeometry:
+    name: str
+    kind: str
+    kernel: tuple
+    stride: tuple
+    out_size: tuple            # in the patch network
+    cum_stride: tuple          # after the layer
+    dense_stride: tuple
+    dense_dilation: tuple
+    receptive_field: tuple
+    offset: tuple
+    flops_patch: int
+    flops_dense: int           # per output pixel
+
+
+@dataclass
+class Conversion:
+    graph: torch.fx.Graph
+    attrs: dict                # target name -> module / parameter used by the graph
+    layers: list
+    out_geo: Geo
+    num_classes: int
+    unsafe: list = field(default_factory=list)   # (name, module) refused in training mode
+
+
+def _mul(a, b):
+    return (a[0] * b[0], a[1] * b[1])
+
+
+class Converter:
+    def __init__(self, gm: torch.fx.GraphModule, values: dict, patch_size, output_stride):
+        self.gm, self.values = gm, values
+        self.patch_size = tuple(patch_size)
+        self.s = output_stride
+        self.graph = torch.fx.Graph()
+        self.env, self.geo, self.attrs = {}, {}, {}
+        self.layers, self.unsafe = [], []
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _val(self, n):
+        return self.values[n] if isinstance(n, torch.fx.Node) else n
+
+    def _map(self, args):
+        return torch.fx.node.map_arg(args, lambda n: self.env[n])
+
+    def _attr(self, target):
+        obj = self.gm
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        self.attrs[target] = obj          # the classifier's own tensor: gradients land on it
+        return self.graph.get_attr(target)
+
+    def _module(self, target):
+        self.attrs[target] = self.gm.get_submodule(target)
+
+    def _tensor_inputs(self, node):
+        return [a for a in node.all_input_nodes if self.geo[a].kind in ("map", "flat")]
+
+    def _step(self, geo: Geo, stride, name):
+        """Stride kept in the dense layer, and the grid after it (keeps (*) true)."""
+        t1, g_out = [], []
+        for ax in range(2):
+            d_in, g_in, t, s = geo.d[ax], geo.g[ax], stride[ax], self.s[ax]
+            d_out = d_in * t
+            g = min(d_out, s)
+            if g % g_in or t % (g // g_in) or d_out % g:
+                raise OutputStrideError(
+                    f"output_stride {self.s} is not reachable at layer '{name}' (cumulative stride "
+                    f"{geo.d} -> {d_in * stride[0], d_in * stride[1]})")
+            t1.append(g // g_in)
+            g_out.append(g)
+        return tuple(t1), tuple(g_out)
+
+    def _record(self, layer: Layer, geo_in: Geo, geo_out: Geo, t1, dil, flops_per_out, out_hw):
+        positions = (self.s[0] // geo_out.g[0]) * (self.s[1] // geo_out.g[1])
+        self.layers.append(LayerGeometry(
+            layer.name, layer.kind if layer.kind != "pool" else f"{layer.pool}pool", layer.kernel, layer.stride,
+            tuple(out_hw), geo_out.d, t1, dil, geo_out.rf, geo_out.offset,
+            int(flops_per_out * out_hw[0] * out_hw[1]), int(flops_per_out * positions)))
+
+    # ---- the pass ----------------------------------------------------------------------------
+    def run(self) -> Conversion:
+        for node in self.gm.graph.nodes:
+            self._visit(node)
+        return Conversion(self.graph, self.attrs, self.layers, self.out_geo, self.num_classes, self.unsafe)
+
+    def _visit(self, node):
+        if node.op == "placeholder":
+            if self.env:
+                raise UnsupportedLayerError(f"forward() takes more than one input ('{node.name}'); "
+                                            "a patch classifier takes one tensor (N, C, P, Q)")
+            self.env[node] = self.graph.placeholder("x")
+            self.geo[node] = Geo("map", self.patch_size)
+            return
+        if node.op == "get_attr":
+            self.env[node] = self._attr(node.target)
+            self.geo[node] = Geo("const")
+            return
+        if node.op == "output":
+            return self._output(node)
+        val = self.values[node]
+        if not isinstance(val, torch.Tensor) and not (isinstance(val, (tuple, list)) and val and
+                                                         isinstance(val[0], torch.Tensor)):
+            # shape arithmetic (x.size(0), channels // groups): evaluated on the dense tensors
+            self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
+            self.geo[node] = Geo("shape")
+            return
+        if not node.all_input_nodes or all(self.geo[a].kind in ("const", "shape") for a in node.all_input_nodes):
+            self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
+            if node.op == "call_module":
+                self._module(node.target)
+            self.geo[node] = Geo("const")
+            return
+        layer = describe(self.gm, node)
+        handler = getattr(self, f"_{layer.kind}", None)
+        if node.op == "call_function" and node.target is operator.getitem:
+            handler = self._getitem
+        if handler is None:
+            raise UnsupportedLayerError(f"layer '{layer.name}' cannot be converted exactly: {layer.extra.get('why')}")
+        handler(node, layer)
+
+    def _output(self, node):
+        out = node.args[0]
+        if not isinstance(out, torch.fx.Node):
+            raise UnsupportedLayerError("the classifier returns several outputs; a patch classifier returns one "
+                                        "tensor of class scores (N, K) or (N, K, 1, 1)")
+        geo, shape = self.geo[out], tuple(self.values[out].shape)
+        if not (geo.kind == "flat" and len(shape) == 2 and geo.hw == (1, 1)) and \
+                not (geo.kind == "map" and len(shape) == 4 and shape[2:] == (1, 1)):
+            raise PatchSizeError(
+                f"for patch size {self.patch_size} the classifier returns shape {shape}; a patch classifier "
+                "must return (N, K) or (N, K, 1, 1): choose the patch size that gives a 1x1 output "
+                "(fcnseg.strip_padding and fcnseg.geometry compute it)")
+        self.out_geo = geo
+        self.num_classes = shape[1]
+        if geo.g != self.s:
+            raise OutputStrideError(f"output_stride {self.s} exceeds the network's total stride {geo.d}")
+        self.graph.output(self.env[out])
+
+    # ---- spatial layers ------------------------------------------------------------------------
+    def _spatial_in(self, node, layer):
+        x = node.args[0]
+        geo = self.geo[x]
+        if geo.kind != "map" or self.values[x].dim() != 4:
+            raise UnsupportedLayerError(f"layer '{layer.name}' ({layer.kind}) expects an (N, C, H, W) map")
+        if any(layer.padding):
+            raise PaddingError(f"layer '{layer.name}' zero-pads its input by {layer.padding}: a dense pass cannot "
+                               f"reproduce the zeros at every patch's border; {STRIP_HINT}")
+        return x, geo
+
+    def _window(self, node, layer, x, geo):
+        """Checks the windows fit the patch's map, then returns the dense stride, dilation and geo."""
+        h_in = self.values[x].shape[-2:]
+        out_val = self.values[node]
+        h_out = out_val.shape[-2:] if out_val.dim() == 4 else (1, 1)   # global pooling without keepdim
+        for ax in range(2):
+            span = (h_out[ax] - 1) * layer.stride[ax] + layer.dilation[ax] * (layer.kernel[ax] - 1) + 1
+            if span > h_in[ax]:
+                raise PatchSizeError(
+                    f"layer '{layer.name}': with patch size {self.patch_size} its last window runs past the "
+                    f"edge of its {tuple(h_in)} input (ceil_mode); choose a patch size for which every window fits")
+        t1, g = self._step(geo, layer.stride, layer.name)
+        dil = _mul(layer.dilation, geo.r)
+        d = _mul(geo.d, layer.stride)
+        rf = tuple(geo.rf[a] + (layer.kernel[a] - 1) * layer.dilation[a] * geo.d[a] for a in range(2))
+        return t1, dil, Geo("map", tuple(h_out), d, g, rf, geo.offset)
+
+    def _conv(self, node, layer):
+        x, geo = self._spatial_in(node, layer)
+        w_val = self._val(node.args[1]) if layer.module is None else layer.module.weight
+        layer.kernel = tuple(w_val.shape[-2:])
+        t1, dil, out = self._window(node, layer, x, geo)
+        if layer.module is not None:
+            w = self._attr(layer.weight)
+            b = self._attr(layer.bias) if layer.bias is not None else None
+        else:
+            w, b = self._map(node.args[1]), self._map(layer.bias)
+        self.env[node] = self.graph.call_function(F.conv2d, (self.env[x], w, b, t1, 0, dil, layer.groups))
+        self.geo[node] = out
+        c_out, c_in_g = w_val.shape[0], w_val.shape[1]
+        self._record(layer, geo, out, t1, dil, 2 * c_in_g * layer.kernel[0] * layer.kernel[1] * c_out,
+                     out.hw)
+
+    def _pool(self, node, layer):
+        x, geo = self._spatial_in(node, layer)
+        t1, dil, out = self._window(node, layer, x, geo)
+        xn = self.env[x]
+        if layer.pool == "max":
+            y = self.graph.call_function(F.max_pool2d, (xn, layer.kernel, t1, 0, dil))
+        elif dil == (1, 1):
+            y = self.graph.call_function(F.avg_pool2d, (xn, layer.kernel, t1, 0, False, True, layer.divisor))
+        else:
+            y = self.graph.call_function(ops.avg_pool2d_dilated, (xn, layer.kernel, t1, dil, layer.divisor))
+        self.env[node], self.geo[node] = y, out
+        c = self.values[x].shape[1]
+        self._record(layer, geo, out, t1, dil, c * layer.kernel[0] * layer.kernel[1], out.hw)
+
+    def _adaptive(self, node, layer):
+        x = node.args[0]
+        h_in = tuple(self.values[x].shape[-2:])
+        o = layer.out_size if isinstance(layer.out_size, (tuple, list)) else (layer.out_size, layer.out_size)
+        o = tuple(h_in[a] if o[a] is None else int(o[a]) for a in range(2))
+        k, t = [], []
+        for a in range(2):
+            starts = [i * h_in[a] // o[a] for i in range(o[a])]
+            ends = [-((-(i + 1) * h_in[a]) // o[a]) for i in range(o[a])]
+            sizes = {e - s for s, e in zip(starts, ends)}
+            steps = {b - a_ for a_, b in zip(starts, starts[1:])} or {1}
+            if len(sizes) != 1 or len(steps) != 1 or min(steps) < 1:
+                raise PatchSizeError(
+                    f"layer '{layer.name}': adaptive pooling from {h_in} to {o} uses unequal windows for patch size "
+                    f"{self.patch_size}; choose a patch size whose map at this layer is a multiple of {o}")
+            k.append(sizes.pop())
+            t.append(steps.pop())
+        layer.kernel, layer.stride, layer.kind = tuple(k), tuple(t), "pool"
+        self._pool(node, layer)
+
+    def _global(self, node, layer):
+        x = node.args[0]
+        nd = self.values[x].dim()
+        dims = layer.dim if isinstance(layer.dim, (tuple, list)) else (layer.dim,)
+        dims = {int(d) % nd for d in dims}
+        if not dims & {nd - 2, nd - 1}:           # a reduction over channels is pointwise in space
+            return self._pointwise(node, layer)
+        if dims != {nd - 2, nd - 1} or nd != 4:
+            raise UnsupportedLayerError(f"layer '{layer.name}' reduces over dims {sorted(dims)}; only global "
+                                        "pooling over both spatial dims of an (N, C, H, W) map converts")
+        layer.kernel, layer.stride, layer.kind = tuple(self.values[x].shape[-2:]), (1, 1), "pool"
+        self._pool(node, layer)
+        if not layer.extra.get("keepdim"):
+            self.geo[node] = Geo("flat", (1, 1), *[getattr(self.geo[node], f) for f in ("d", "g", "rf", "offset")])
+
+    def _linear(self, node, layer):
+        x = node.args[0]
+        geo, w_val = self.geo[x], (layer.module.weight if layer.module is not None else self._val(node.args[1]))
+        shape = tuple(self.values[x].shape)
+        if geo.kind != "flat" or len(shape) != 2:
+            raise UnsupportedLayerError(f"layer '{layer.name}' (Linear) applies to input of shape {shape}; fcnseg "
+                                        "converts Linear layers on flattened (N, C*h*w) features")
+        h, w = geo.hw
+        c = shape[1] // (h * w)
+        out_f = w_val.shape[0]
+        wn = self._attr(layer.weight) if layer.module is not None else self.env[node.args[1]]
+        b = (self._attr(layer.bias) if layer.bias is not None else None) if layer.module is not None \
+            else self._map(layer.bias)
+        # (out, C*h*w) -> (out, C, h, w): the FC layer is an h x w convolution over the last map
+        w4 = self.graph.call_method("view", (wn, out_f, c, h, w))
+        dil = geo.r
+        self.env[node] = self.graph.call_function(F.conv2d, (self.env[x], w4, b, (1, 1), 0, dil, 1))
+        rf = tuple(geo.rf[a] + (geo.hw[a] - 1) * geo.d[a] for a in range(2))
+        self.geo[node] = Geo("flat", (1, 1), geo.d, geo.g, rf, geo.offset)
+        layer.kernel = (h, w)
+        self._record(layer, geo, self.geo[node], (1, 1), dil, 2 * shape[1] * out_f, (1, 1))
+
+    # ---- layout ----------------------------------------------------------------------------------
+    def _reshape(self, node, layer):
+        x = node.args[0]
+        geo, s_in, s_out = self.geo[x], tuple(self.values[x].shape), tuple(self.values[node].shape)
+        xn = self.env[x]
+        if len(s_out) == 2 and s_out[1] == math.prod(s_in[1:]):          # flatten
+            self.env[node] = xn if geo.kind == "flat" or len(s_in) == 4 else \
+                self.graph.call_function(ops.reshape_keep_spatial, (xn, (math.prod(s_in[1:-2]),)))
+            self.geo[node] = Geo("flat", geo.hw, geo.d, geo.g, geo.rf, geo.offset)
+        elif geo.kind == "flat" and len(s_out) == 4 and s_out[2:] == geo.hw:  # unflatten (N, C, h, w)
+            self.env[node] = xn
+            self.geo[node] = Geo("map", geo.hw, geo.d, geo.g, geo.rf, geo.offset)
+        elif geo.kind == "map" and len(s_in) >= 4 and len(s_out) >= 4 and s_out[-2:] == s_in[-2:]:
+            self.env[node] = self.graph.call_function(ops.reshape_keep_spatial, (xn, s_out[1:-2]))
+            self.geo[node] = geo
+        else:
+            raise UnsupportedLayerError(f"layer '{layer.name}' reshapes {s_in} to {s_out}; only flattening "
+                                        "(N, C, h, w) -> (N, C*h*w) and reshapes of the channel dims convert")
+
+    def _transpose(self, node, layer):
+        nd = self.values[node.args[0]].dim()
+        dims = [a for a in layer.extra["args"] if isinstance(a, int)]
+        moved = {d % nd for d in dims} if node.target in ("transpose", torch.transpose) else \
+            {i for i, d in enumerate(dims) if d % nd != i}
+        if moved & {0, nd - 2, nd - 1}:
+            raise UnsupportedLayerError(f"layer '{layer.name}' moves the batch or spatial dims; only channel dims "
+                                        "may be permuted")
+        self._pointwise(node, layer)
+
+    def _chunk(self, node, layer):
+        nd = self.values[node.args[0]].dim()
+        if self.geo[node.args[0]].kind != "map" or int(layer.dim) % nd in (0, nd - 2, nd - 1):
+            raise UnsupportedLayerError(f"layer '{layer.name}' splits along dim {layer.dim}; only channel splits convert")
+        self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
+        self.geo[node] = Geo("tuple", *[getattr(self.geo[node.args[0]], f) for f in ("hw", "d", "g", "rf", "offset")])
+
+    def _getitem(self, node, layer):
+        src = self.geo[node.args[0]]
+        if src.kind != "tuple":
+            raise UnsupportedLayerError(f"layer '{node.name}' indexes a feature map; crop with "
+                                        "fcnseg.ops.crop_to_smallest or remove the indexing")
+        self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
+        self.geo[node] = Geo("map", src.hw, src.d, src.g, src.rf, src.offset)
+
+    def _crop(self, node, layer):
+        x = node.args[0]
+        geo = self.geo[x]
+        h_in, h_out = self.values[x].shape[-2:], self.values[node].shape[-2:]
+        top, left = (h_in[0] - h_out[0]) // 2, (h_in[1] - h_out[1]) // 2
+        r = geo.r
+        # a crop of c cells at rate r is a shift of c*r dense rows: (*) holds for the cropped map
+        idx = (Ellipsis, slice(top * r[0], None), slice(left * r[1], None))
+        self.env[node] = self.graph.call_function(operator.getitem, (self.env[x], idx))
+        off = (geo.offset[0] + top * geo.d[0], geo.offset[1] + left * geo.d[1])
+        self.geo[node] = Geo("map", tuple(h_out), geo.d, geo.g, geo.rf, off)
+
+    # ---- position-wise layers ------------------------------------------------------------------
+    def _pointwise(self, node, layer):
+        x = node.all_input_nodes[0]
+        geo = self.geo[x]
+        if geo.kind == "flat" and geo.hw != (1, 1) and isinstance(layer.module, PER_FEATURE_MODULES):
+            raise UnsupportedLayerError(f"layer '{layer.name}' has a parameter per flattened feature of a "
+                                        f"{geo.hw} map: that is a parameter per position, which a dense pass "
+                                        "cannot share")
+        if isinstance(layer.module, TRAIN_MODE_UNSAFE):
+            self.unsafe.append((layer.name, layer.module))
+        if isinstance(layer.module, nn.BatchNorm1d):
+            # BatchNorm1d refuses 4-D input; the same affine map per channel via the functional form
+            m = layer.module
+            args = [self.env[x]] + [self._attr(f"{node.target}.{p}") if getattr(m, p) is not None else None
+                                    for p in ("running_mean", "running_var", "weight", "bias")]
+            self.env[node] = self.graph.call_function(F.batch_norm, tuple(args), {"training": False, "eps": m.eps})
+        else:
+            self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
+            if node.op == "call_module":
+                self._module(node.target)
+        self.geo[node] = Geo(geo.kind, geo.hw, geo.d, geo.g, geo.rf, geo.offset)
+
+    def _softmax(self, node, layer):
+        x = node.args[0]
+        nd = self.values[x].dim()
+        if int(layer.dim) % nd != 1:
+            raise UnsupportedLayerError(f"layer '{layer.name}' normalises over dim {layer.dim}; only the class "
+                                        "dimension (1) converts")
+        log = isinstance(layer.module, nn.LogSoftmax) or "log" in getattr(node.target, "__name__", str(node.target))
+        self.env[node] = self.graph.call_function(F.log_softmax if log else F.softmax, (self.env[x],), {"dim": 1})
+        self.geo[node] = self.geo[x]
+
+    def _merge_inputs(self, node, tensors):
+        geos = [self.geo[t] for t in tensors]
+        first = geos[0]
+        for t, g in zip(tensors, geos):
+            if g.kind != first.kind or g.hw != first.hw or g.d != first.d:
+                if (1, 1) in (g.hw, first.hw):
+                    raise UnsupportedLayerError(
+                        f"layer '{node.name}' broadcasts a value pooled over the whole patch (e.g. squeeze-"
+                        "excitation) over a feature map: each patch scales its own map differently")
+                raise UnsupportedLayerError(f"layer '{node.name}' combines maps of sizes {first.hw} and {g.hw} "
+                                            f"(strides {first.d}, {g.d}); crop them to one size "
+                                            "(fcnseg.strip_padding does this)")
+        rf = tuple(max(g.rf[a] for g in geos) for a in range(2))
+        return Geo(first.kind, first.hw, first.d, first.g, rf, first.offset)
+
+    def _trimmed(self, tensors):
+        if len(tensors) < 2:
+            return {t: self.env[t] for t in tensors}
+        return {t: self.graph.call_function(ops.trim_to_smallest, (self.env[t], *[self.env[o] for o in tensors if o is not t]))
+                for t in tensors}
+
+    def _merge(self, node, layer):
+        tensors = self._tensor_inputs(node)
+        for a in node.all_input_nodes:
+            v = self.values[a]
+            if self.geo[a].kind == "const" and isinstance(v, torch.Tensor) and v.numel() > 1 and \
+                    (v.dim() < 2 or tuple(v.shape[-2:]) != (1, 1) or self.geo[tensors[0]].kind == "flat"):
+                raise UnsupportedLayerError(f"layer '{node.name}' combines the features with a constant of shape "
+                                            f"{tuple(v.shape)}: a value per position cannot be shared by a dense pass")
+        geo = self._merge_inputs(node, tensors)
+        trimmed = self._trimmed(tensors)
+        self.env[node] = self.graph.node_copy(node, lambda n: trimmed.get(n, self.env[n]))
+        self.geo[node] = geo
+
+    def _cat(self, node, layer):
+        tensors = list(node.args[0])
+        nd = self.values[tensors[0]].dim()
+        if int(layer.dim) % nd != 1:
+            raise UnsupportedLayerError(f"layer '{layer.name}' concatenates along dim {layer.dim}; only channel "
+                                        "concatenation (dim 1) converts")
+        geo = self._merge_inputs(node, tensors)
+        trimmed = self._trimmed(tensors)
+        self.env[node] = self.graph.call_function(torch.cat, ([trimmed[t] for t in tensors], 1))
+        self.geo[node] = geo
+
+
+def convert(gm, values, patch_size, output_stride) -> Conversion:
+    return Converter(gm, values, patch_size, output_stride).run()

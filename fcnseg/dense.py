@@ -1,0 +1,121 @@
+"""`densify`: one pass over a whole image gives the classifier's output at every pixel."""
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch import nn
+
+from .convert.dense_graph import convert
+from .convert.errors import ConversionError, OutputStrideError, PatchSizeError
+from .convert.trace import infer_in_channels, patch_values, trace
+from .geometry import Geometry, build_geometry
+from .ops import PAD_MODES, pad_image
+from .patch import as_pair, resolve_patch_size
+
+
+class DenseNet(nn.Module):
+    """The dense network of a patch classifier; shares the classifier's parameters and modes."""
+
+    def __init__(self, classifier, body, patch_size, output_stride, pad_mode, pad_value, geometry, unsafe,
+                 num_classes):
+        super().__init__()
+        self.classifier = classifier          # registered: .parameters(), .train() and .eval() reach it
+        self.body = body
+        self.patch_size = patch_size
+        self.output_stride = output_stride
+        self.pad_mode, self.pad_value = pad_mode, pad_value
+        self.geometry = geometry
+        self.num_classes = num_classes
+        self._unsafe = unsafe
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_image(x, self.patch_size, self.pad_mode, self.pad_value)
+
+    def _check(self, x):
+        if x.dim() != 4 or x.shape[1] != self.geometry.in_channels:
+            raise ValueError(f"expected images (N, {self.geometry.in_channels}, H, W), got shape {tuple(x.shape)}")
+        for name, m in self._unsafe:
+            uses_batch = m.training and not isinstance(m, nn.Dropout) or \
+                (isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats)
+            if uses_batch:
+                raise ConversionError(
+                    f"layer '{name}' ({type(m).__name__}) is in training mode: its statistics/masks are shared "
+                    "across all positions of the image, which no single patch sees. Call "
+                    "fcnseg.freeze_batchnorm(model) (or put the layer in eval mode) before training densely")
+
+    def forward_valid(self, xp: torch.Tensor) -> torch.Tensor:
+        """Scores (N, K, floor((Hp-P)/s)+1, floor((Wp-Q)/s)+1) for an already padded input."""
+        self._check(xp)
+        p, q = self.patch_size
+        s = self.output_stride
+        if xp.shape[-2] < p or xp.shape[-1] < q:
+            raise ValueError(f"padded input {tuple(xp.shape[-2:])} is smaller than the patch {self.patch_size}")
+        y = self.body(xp)
+        # networks that ignore trailing rows (floor pooling) produce a few extra outputs: drop them
+        return y[..., : (xp.shape[-2] - p) // s[0] + 1, : (xp.shape[-1] - q) // s[1] + 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return self.forward_valid(self.pad(x))
+
+    def extra_repr(self):
+        return (f"patch_size={self.patch_size}, output_stride={self.output_stride}, pad_mode={self.pad_mode!r}, "
+                f"num_classes={self.num_classes}")
+
+
+def _build(gm, values, patch_size, s):
+    conv = convert(gm, values, patch_size, s)
+    body = torch.fx.GraphModule(conv.attrs, conv.graph, class_name="DenseBody")
+    body.graph.eliminate_dead_code()
+    body.recompile()
+    return conv, body
+
+
+def valid_output_strides(gm, values, patch_size) -> list[int]:
+    total = max(convert(gm, values, patch_size, (1, 1)).out_geo.d)
+    out = []
+    for s in range(1, total + 1):
+        try:
+            convert(gm, values, patch_size, (s, s))
+            out.append(s)
+        except OutputStrideError:
+            pass
+    return out
+
+
+def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str = "constant",
+            pad_value: float = 0.0, in_channels: int | None = None) -> DenseNet:
+    """The dense network of a patch classifier: output [n, :, m, k] == model(patch of (m*s, k*s))[n]."""
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+    patch_size = resolve_patch_size(model, patch_size)
+    s = as_pair(output_stride)
+    gm = trace(model)
+    c = in_channels or infer_in_channels(gm)
+    try:
+        values = patch_values(gm, c, patch_size)
+    except RuntimeError as exc:
+        raise PatchSizeError(f"the classifier does not run on a {patch_size} patch: {exc}".split("\n")[0]) from exc
+    try:
+        conv, body = _build(gm, values, patch_size, s)
+    except OutputStrideError as exc:
+        raise OutputStrideError(f"{exc}. Valid output strides: {valid_output_strides(gm, values, patch_size)}") from None
+    except PatchSizeError as exc:
+        from .convert.strip import nearby_patch_sizes
+        near = nearby_patch_sizes(gm, c, patch_size)
+        raise PatchSizeError(f"{exc}. Patch sizes near {patch_size} that work: {near}") from None
+    geo = build_geometry(conv, patch_size, c, s)
+    return DenseNet(model, body, patch_size, s, pad_mode, pad_value, geo, conv.unsafe, conv.num_classes)
+
+
+def geometry(model: nn.Module, patch_size=None, *, in_channels: int | None = None, output_stride=1) -> Geometry:
+    """Receptive field, strides, FLOPs of one patch and dense FLOPs per pixel (ALGORITHM.md section 6)."""
+    return densify(model, patch_size, in_channels=in_channels, output_stride=output_stride).geometry
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Put every batch-norm layer in eval mode (running statistics), keeping the rest as it is."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model

@@ -1,0 +1,53 @@
+"""What a conversion costs and sees: receptive field, strides, FLOPs (ALGORITHM.md section 6)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Geometry:
+    patch_size: tuple
+    in_channels: int
+    num_classes: int
+    output_stride: tuple
+    receptive_field: tuple       # input pixels that can influence one output
+    total_stride: tuple          # cumulative stride of the original network at its output
+    offset: tuple                # top-left of the receptive field inside the patch
+    flops_patch: int             # one patch forward (2 * multiply-adds, + pooling window elements)
+    flops_dense_per_pixel: int   # the dense pass, per output pixel
+    layers: list = field(default_factory=list)
+
+    @property
+    def flop_ratio(self) -> float:
+        """The speed-up a perfect implementation of both methods would show."""
+        return self.flops_patch / max(self.flops_dense_per_pixel, 1)
+
+    @property
+    def halo(self) -> tuple:
+        """Rows/cols of context needed above, below, left, right of a tile (the patch extents)."""
+        p, q = self.patch_size
+        return ((p - 1) // 2, p // 2, (q - 1) // 2, q // 2)
+
+    def table(self) -> str:
+        head = f"{'layer':28} {'kind':8} {'kernel':8} {'stride':7} {'out':9} {'cum':7} {'dense s/dil':12} " \
+               f"{'RF':9} {'MFLOP patch':>12} {'kFLOP/px':>10}"
+        rows = [head, "-" * len(head)]
+        for l in self.layers:
+            rows.append(f"{l.name[:28]:28} {l.kind:8} {_p(l.kernel):8} {_p(l.stride):7} {_p(l.out_size):9} "
+                        f"{_p(l.cum_stride):7} {_p(l.dense_stride) + '/' + _p(l.dense_dilation):12} "
+                        f"{_p(l.receptive_field):9} {l.flops_patch / 1e6:12.3f} {l.flops_dense / 1e3:10.2f}")
+        rows.append(f"patch {_p(self.patch_size)}, receptive field {_p(self.receptive_field)}, total stride "
+                    f"{_p(self.total_stride)}, output stride {_p(self.output_stride)}; FLOPs per patch "
+                    f"{self.flops_patch / 1e6:.2f} M, dense per pixel {self.flops_dense_per_pixel / 1e3:.2f} k, "
+                    f"ratio {self.flop_ratio:.0f}x")
+        return "\n".join(rows)
+
+
+def _p(t) -> str:
+    return f"{t[0]}x{t[1]}" if t[0] != t[1] else str(t[0])
+
+
+def build_geometry(conv, patch_size, in_channels, output_stride) -> Geometry:
+    g = conv.out_geo
+    return Geometry(tuple(patch_size), in_channels, conv.num_classes, tuple(output_stride), g.rf, g.d, g.offset,
+                    sum(l.flops_patch for l in conv.layers), sum(l.flops_dense for l in conv.layers), conv.layers)
