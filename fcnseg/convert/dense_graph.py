@@ -266,6 +266,11 @@ class Converter:
         nd = self.values[x].dim()
         dims = layer.dim if isinstance(layer.dim, (tuple, list)) else (layer.dim,)
         dims = {int(d) % nd for d in dims}
+        if self.geo[x].kind == "flat":
+            if self.geo[x].hw == (1, 1) and dims == {1} and layer.extra.get("keepdim"):
+                return self._pointwise(node, layer)      # a sum over classes/features, kept as (N, 1)
+            raise UnsupportedLayerError(f"layer '{layer.name}' reduces a flattened feature vector; only "
+                                        "reductions with keepdim=True over the features of a 1x1 vector convert")
         if not dims & {nd - 2, nd - 1}:           # a reduction over channels is pointwise in space
             return self._pointwise(node, layer)
         if dims != {nd - 2, nd - 1} or nd != 4:

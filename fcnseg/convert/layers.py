@@ -156,8 +156,9 @@ def _describe_function(node) -> Layer:
         return Layer("reshape", name, extra={"start_dim": _arg(node, 1, "start_dim", 0), "end_dim": _arg(node, 2, "end_dim", -1)})
     if t in (torch.cat, torch.concat):
         return Layer("cat", name, dim=_arg(node, 1, "dim", 0))
-    if t in (torch.mean, torch.amax):
-        return Layer("global", name, pool="avg" if t is torch.mean else "max", dim=_arg(node, 1, "dim"),
+    if t in (torch.mean, torch.amax, torch.sum):
+        return Layer("global", name, pool="max" if t is torch.amax else "avg", dim=_arg(node, 1, "dim"),
+                     divisor=1 if t is torch.sum else None,
                      extra={"keepdim": _arg(node, 2, "keepdim", False)})
     if t in SOFTMAX_FUNCTIONS:
         return Layer("softmax", name, dim=_arg(node, 1, "dim"))
@@ -184,8 +185,9 @@ def _describe_method(node) -> Layer:
         return Layer("shape", name)
     if m in RESHAPE_METHODS:
         return Layer("reshape", name)
-    if m in ("mean", "amax"):
-        return Layer("global", name, pool="avg" if m == "mean" else "max", dim=_arg(node, 1, "dim"),
+    if m in ("mean", "amax", "sum"):
+        return Layer("global", name, pool="max" if m == "amax" else "avg", dim=_arg(node, 1, "dim"),
+                     divisor=1 if m == "sum" else None,
                      extra={"keepdim": _arg(node, 2, "keepdim", False)})
     if m in ("softmax", "log_softmax"):
         return Layer("softmax", name, dim=_arg(node, 1, "dim"))

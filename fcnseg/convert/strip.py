@@ -16,16 +16,11 @@ from .. import ops
 from .dense_graph import convert
 from .errors import ConversionError, PatchSizeError
 from .layers import describe
-from .trace import infer_in_channels, patch_values, trace
+from .trace import HeadMismatch, infer_in_channels, patch_values, trace
 
 _PADDED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 _PAD_ARG = {"conv": (4, "padding"), "pool": (3, "padding")}
 _MAX_PATCH = 4096
-
-
-class _HeadMismatch(Exception):
-    def __init__(self, surplus):
-        self.surplus = surplus
 
 
 def _run(gm, c, size):
@@ -33,12 +28,9 @@ def _run(gm, c, size):
     too many, else the node values."""
     try:
         return patch_values(gm, c, size)
-    except RuntimeError as exc:
-        msg = str(exc)
-        if "cannot be multiplied" in msg:
-            a = msg.split("(")[1].split(")")[0]           # "(1xA and BxC)" from the Linear head
-            got, want = int(a.split("x")[1].split(" ")[0]), int(a.split("and ")[1].split("x")[0])
-            return "small" if got < want else "large"
+    except HeadMismatch as exc:
+        return "small" if exc.got < exc.want else "large"
+    except RuntimeError:
         return "small"
 
 

@@ -30,6 +30,14 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
+class HeadMismatch(RuntimeError):
+    """A Linear layer receives a different number of features than it has inputs."""
+
+    def __init__(self, name, got, want):
+        super().__init__(f"layer '{name}' expects {want} input features, the patch gives {got}")
+        self.got, self.want = got, want
+
+
 class _ShapeRecorder(torch.fx.Interpreter):
     """Records every node's output (shapes only: it runs on the meta device)."""
 
@@ -38,6 +46,11 @@ class _ShapeRecorder(torch.fx.Interpreter):
         self.values = {}
 
     def run_node(self, n):
+        if n.op == "call_module" and isinstance(self.module.get_submodule(n.target), nn.Linear):
+            got = self.values[n.args[0]].shape[-1]
+            want = self.module.get_submodule(n.target).in_features
+            if got != want:
+                raise HeadMismatch(n.target, got, want)
         out = super().run_node(n)
         self.values[n] = out
         return out

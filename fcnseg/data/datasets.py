@@ -1,0 +1,118 @@
+"""Dataset entry points: the four layouts, a builder by name, a full-scan validator and
+normalisation statistics."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .ade20k import ADE20KDataset
+from .base import SegmentationDataset
+from .cityscapes import CityscapesDataset
+from .errors import DatasetError
+from .folder import FolderDataset
+from .io import read_image, to_channels, to_float
+from .voc import VOCDataset
+
+__all__ = [
+    "SegmentationDataset", "FolderDataset", "VOCDataset", "CityscapesDataset", "ADE20KDataset",
+    "DATASETS", "build_dataset", "validate_dataset", "DatasetReport", "compute_mean_std",
+]
+
+DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
+    "folder": FolderDataset,
+    "voc": VOCDataset,
+    "cityscapes": CityscapesDataset,
+    "ade20k": ADE20KDataset,
+}
+
+
+def build_dataset(kind: str, root: str | os.PathLike, split: str, **kw: Any) -> SegmentationDataset:
+    """``kind`` in ``DATASETS``; extra keywords go to the class (``transform`` for all; ``num_classes``,
+    ``in_channels``, ``class_names``, ``mean``, ``std``, ``palette``, ``ignore_index`` for ``folder``)."""
+    if kind not in DATASETS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {sorted(DATASETS)}")
+    try:
+        return DATASETS[kind](root, split, **kw)
+    except TypeError as e:
+        raise TypeError(f"dataset {kind!r}: {e}") from None
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`validate_dataset` saw: usable for class weights (``class_pixels``) and a summary line."""
+
+    num_samples: int
+    checked: int
+    class_pixels: np.ndarray  # (num_classes,) int64 pixel count per class
+    ignore_pixels: int
+    image_sizes: set[tuple[int, int]] = field(default_factory=set)  # distinct (H, W)
+
+    def __str__(self) -> str:
+        total = int(self.class_pixels.sum()) + self.ignore_pixels
+        present = int((self.class_pixels > 0).sum())
+        return (f"{self.checked}/{self.num_samples} samples checked, {total} pixels, "
+                f"{present}/{len(self.class_pixels)} classes present, "
+                f"{self.ignore_pixels / max(total, 1):.1%} ignored, sizes {sorted(self.image_sizes)[:4]}"
+                + (" ..." if len(self.image_sizes) > 4 else ""))
+
+
+def validate_dataset(ds: SegmentationDataset, check_all: bool = True, max_reported: int = 20) -> DatasetReport:
+    """Decode every sample (or the first 8 with ``check_all=False``) and check it.
+
+    Finds missing masks, unreadable/truncated/non-image files, image/mask size mismatches and labels
+    outside ``[0, num_classes)`` other than ``ignore_index``; all problems are gathered and raised
+    together as one :class:`DatasetError` that names each file and its fix. Transforms are not applied.
+    """
+    n = len(ds)
+    if n == 0:
+        raise DatasetError(f"{getattr(ds, 'source', '') or type(ds).__name__}: the split is empty; "
+                           "check the root and split name")
+    indices = range(n) if check_all else range(min(n, 8))
+    problems: list[str] = []
+    counts = np.zeros(256, np.int64)
+    sizes: set[tuple[int, int]] = set()
+    for i in indices:
+        try:
+            image, mask = ds.load(i)
+        except DatasetError as e:
+            problems.append(str(e))
+            continue
+        sizes.add(image.shape[:2])
+        counts += np.bincount(mask.ravel(), minlength=256)
+    if problems:
+        shown = "\n- ".join(problems[:max_reported])
+        more = f"\n... and {len(problems) - max_reported} more" if len(problems) > max_reported else ""
+        raise DatasetError(f"{len(problems)} of {len(indices)} samples of {ds.source or type(ds).__name__} "
+                           f"are unusable:\n- {shown}{more}")
+    return DatasetReport(num_samples=n, checked=len(indices), class_pixels=counts[: ds.num_classes].copy(),
+                         ignore_pixels=int(counts[ds.ignore_index]), image_sizes=sizes)
+
+
+def compute_mean_std(ds: SegmentationDataset, max_samples: int | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of the images in [0, 1] scale, over every pixel.
+
+    Reads the raw images (no transform), converted to ``ds.in_channels``; accumulates in float64,
+    so the result does not depend on the order or on image sizes beyond pixel weighting. Run it on
+    the training split and store the result (classes.json ``mean``/``std``) so that validation and
+    inference use the same numbers. ``max_samples`` takes evenly spaced samples to bound the cost.
+    """
+    n = len(ds)
+    if max_samples is not None and max_samples < n:
+        idx = np.linspace(0, n - 1, max_samples).round().astype(int)
+    else:
+        idx = np.arange(n)
+    c = ds.in_channels
+    s1 = np.zeros(c, np.float64)
+    s2 = np.zeros(c, np.float64)
+    count = 0
+    for i in idx:
+        x = to_float(to_channels(read_image(ds.samples[int(i)].image), c)).reshape(-1, c).astype(np.float64)
+        s1 += x.sum(0)
+        s2 += (x * x).sum(0)
+        count += x.shape[0]
+    mean = s1 / count
+    std = np.sqrt(np.maximum(s2 / count - mean * mean, 0.0))
+    return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]

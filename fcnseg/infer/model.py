@@ -1,0 +1,122 @@
+"""A trained checkpoint made ready for inference: classifier, its dense network, and the
+exact preprocessing it was trained with."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcnseg.data.io import normalize, to_channels, to_float
+
+from .outputs import resolve_palette
+from .tiling import Prediction, label_dtype
+
+
+def pick_device(pref: str) -> torch.device:
+    """auto: CUDA when present (this rank's LOCAL_RANK device under torchrun), else CPU."""
+    if pref not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {pref!r}")
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA device; use device=cpu or device=auto")
+    if pref != "cpu" and torch.cuda.is_available():
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+        return dev
+    return torch.device("cpu")
+
+
+@dataclass
+class Predictor:
+    model: nn.Module                 # the classifier as trained
+    dense: nn.Module | None          # its DenseNet; None for an already dense (smp) model
+    device: torch.device
+    in_channels: int
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+    palette: list[list[int]]
+    class_names: list[str] | None
+    patch_size: tuple[int, int] | None
+    pad_mode: str
+    pad_value: float
+    output_stride: int
+    info: dict = field(default_factory=dict)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Decoded image (H, W, C) -> the model's channel count, raw dtype kept (cheap to
+        hold for huge images; windows are converted to float one at a time)."""
+        return to_channels(image, self.in_channels)
+
+    def transform(self, raw: np.ndarray) -> torch.Tensor:
+        """(h, w, C) raw window -> (C, h, w) float32, exactly the training normalisation."""
+        return normalize(to_float(raw), self.mean, self.std)
+
+
+def _stride_of(model: nn.Module) -> int:
+    enc = getattr(model, "encoder", None)
+    return int(getattr(enc, "output_stride", 32)) if enc is not None else 32
+
+
+def predict_whole(pred: Predictor, raw: np.ndarray, *, amp: bool = False,
+                  channels_last: bool = False) -> Prediction:
+    """An already dense network (smp) on the whole image: padded at the bottom/right
+    (replicate) to a multiple of its encoder stride, then cropped. Not tiled: such a
+    network pads inside, so tiles would not reproduce the whole-image result."""
+    from .tiling import autocast_context
+    x = pred.transform(raw)[None]  # (1, C, H, W)
+    H, W = x.shape[2:]
+    m = _stride_of(pred.model)
+    x = F.pad(x, (0, -W % m, 0, -H % m), mode="replicate")
+    p = next(pred.model.parameters())
+    x = x.to(p.device, p.dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast_context(p.device, amp):
+        out = pred.model(x)[0, :, :H, :W]
+    labels = out.argmax(0).to("cpu", label_dtype(out.shape[0]))
+    return Prediction(labels, out.float().cpu(), 1)
+
+
+def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", output_stride: int = 1,
+                   channels_last: bool = True, dtype: torch.dtype = torch.float32) -> Predictor:
+    """Checkpoint -> Predictor on the chosen device, in eval mode.
+
+    A patch classifier is densified with the checkpoint's patch size and padding rule
+    at the requested output stride (1: every pixel).
+    """
+    import fcnseg
+    from fcnseg.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    model, info = model_from_checkpoint(ckpt)
+    dev = pick_device(device)
+    model = model.to(dev, dtype).eval()
+    missing = [k for k in ("in_channels", "num_classes", "mean", "std") if info.get(k) is None]
+    if missing:
+        raise ValueError(f"checkpoint {checkpoint} lacks {missing}: it cannot say how images were "
+                         f"preprocessed in training; re-save it with tools/train.py")
+    pad_mode = info.get("pad_mode") or "constant"
+    pad_value = float(info.get("pad_value") or 0.0)
+    patch = info.get("patch_size")
+    dense = None
+    if patch is not None:
+        dense = fcnseg.densify(model, tuple(patch), output_stride=output_stride,
+                               pad_mode=pad_mode, pad_value=pad_value).eval()
+    elif output_stride != 1:
+        raise ValueError(f"checkpoint {checkpoint} holds an already dense network (no patch size): "
+                         f"output_stride={output_stride} applies only to patch classifiers")
+    if channels_last and dev.type in ("cpu", "cuda"):
+        # 2-4x faster dilated convolutions and pooling on CPU (docs/inference.md)
+        (dense if dense is not None else model).to(memory_format=torch.channels_last)
+    K = int(info["num_classes"])
+    return Predictor(model=model, dense=dense, device=dev, in_channels=int(info["in_channels"]),
+                     num_classes=K, mean=list(info["mean"]), std=list(info["std"]),
+                     palette=resolve_palette(info.get("palette"), K),
+                     class_names=info.get("class_names"),
+                     patch_size=tuple(patch) if patch is not None else None,
+                     pad_mode=pad_mode, pad_value=pad_value, output_stride=int(output_stride),
+                     info=info)

@@ -1,0 +1,97 @@
+"""Result files: label maps (palette PNG), colour overlays, float16 score arrays."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fcnseg.data.io import to_channels
+from fcnseg.data.palette import default_palette
+
+from .atomic import atomic_path
+
+
+def to_image_size(labels: np.ndarray, height: int, width: int, stride: int) -> np.ndarray:
+    """Grid labels (ceil(H/s), ceil(W/s)) -> (H, W): each pixel takes the nearest grid
+    pixel (m*s, n*s). The identity at stride 1."""
+    if stride == 1:
+        assert labels.shape == (height, width), (labels.shape, height, width)
+        return labels
+    rows = np.minimum((np.arange(height) + stride // 2) // stride, labels.shape[0] - 1)
+    cols = np.minimum((np.arange(width) + stride // 2) // stride, labels.shape[1] - 1)
+    return labels[rows][:, cols]
+
+
+def resolve_palette(palette: Sequence[Sequence[int]] | None, num_classes: int) -> list[list[int]]:
+    if palette is None:
+        return default_palette(num_classes)
+    pal = [list(map(int, c)) for c in palette]
+    if len(pal) < num_classes:
+        pal += default_palette(num_classes)[len(pal):]
+    return pal
+
+
+def save_labels(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
+    """(H, W) class indices -> PNG. Up to 256 classes: a palette PNG (mode "P": the pixel
+    values are the class indices, viewers show the class colours); more: 16-bit gray."""
+    labels = np.asarray(labels)
+    if labels.size and int(labels.max()) > 255:
+        img = Image.fromarray(labels.astype(np.uint16))  # mode I;16
+    else:
+        img = Image.fromarray(labels.astype(np.uint8))  # mode L
+        flat = [v for c in list(palette)[:256] for v in c]
+        img.putpalette(flat + [0] * (768 - len(flat)))  # L + palette -> P
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8/uint16 -> (H, W, 3) uint8 for looking at."""
+    rgb = to_channels(image, 3)
+    if rgb.dtype == np.uint16:
+        rgb = (rgb >> 8).astype(np.uint8)
+    return rgb
+
+
+def save_overlay(path: Path, image: np.ndarray, labels: np.ndarray,
+                 palette: Sequence[Sequence[int]], alpha: float = 0.5) -> None:
+    """The image with the class colours blended in (alpha = weight of the colours)."""
+    base = display_rgb(image).astype(np.float32)
+    lut = np.asarray(palette, np.uint8).reshape(-1, 3)  # (K, 3)
+    colours = lut[np.asarray(labels, np.int64)].astype(np.float32)  # (H, W, 3)
+    out = np.rint((1 - alpha) * base + alpha * colours).clip(0, 255).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(out).save(tmp, format="PNG")
+
+
+def save_scores(path: Path, scores: torch.Tensor) -> None:
+    """(K, h, w) scores -> float16 .npy."""
+    arr = scores.detach().float().cpu().numpy().astype(np.float16)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+
+
+class ScoresFile:
+    """A float16 (K, h, w) .npy filled in place while tiles arrive (no copy in memory),
+    published atomically on close()."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int]):
+        self._ctx = atomic_path(path)
+        tmp = self._ctx.__enter__()
+        self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+
+    def close(self) -> None:
+        self.array.flush()
+        del self.array
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException) -> None:
+        self.array = None
+        try:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            pass

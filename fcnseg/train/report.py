@@ -1,0 +1,91 @@
+"""What a run leaves behind: IoU table, metrics.json/csv, curves.png, val_grid.png."""
+import csv
+import json
+import math
+
+import numpy as np
+
+
+def iou_table(metrics, class_names):
+    lines = [f"{'class':<20} {'IoU':>7}", "-" * 28]
+    for name, iou in zip(class_names, metrics["per_class_iou"]):
+        lines.append(f"{name:<20} {'absent' if math.isnan(iou) else f'{iou:.4f}':>7}")
+    lines += ["-" * 28, f"{'mean IoU':<20} {metrics['miou']:>7.4f}",
+              f"{'pixel accuracy':<20} {metrics['pixel_acc']:>7.4f}"]
+    return "\n".join(lines)
+
+
+def _json_safe(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None  # JSON has no NaN; an absent class is null
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    return x
+
+
+def write_json(path, data):
+    path.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+
+
+def write_csv(path, history):
+    if not history:
+        return
+    keys = list(history[0])
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def plot_curves(path, history):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(ep, [h["train_loss"] for h in history], "o-")
+    ax[0].set(xlabel="epoch", ylabel="train loss", title="training loss")
+    ax[1].plot(ep, [h["val_miou"] for h in history], "o-", label="mIoU")
+    ax[1].plot(ep, [h["val_pixel_acc"] for h in history], "s--", label="pixel acc")
+    ax[1].set(xlabel="epoch", ylim=(0, 1), title="validation")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def colorize(mask, palette, ignore_index=255):
+    """(H, W) labels -> (H, W, 3) uint8; ignored pixels white."""
+    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    out = np.full(mask.shape + (3,), 255, np.uint8)
+    ok = mask != ignore_index
+    out[ok] = pal[np.clip(mask[ok], 0, len(pal) - 1)]
+    return out
+
+
+def plot_grid(path, images, masks, preds, palette, mean, std, ignore_index=255):
+    """Rows of image | ground truth | prediction. images (N, C, H, W) normalised."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(images)
+    fig, ax = plt.subplots(n, 3, figsize=(6.6, 2.2 * n), squeeze=False)
+    mean = np.asarray(mean, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(std, np.float32).reshape(-1, 1, 1)
+    scale = 255.0 if mean.max() > 1 else 1.0  # statistics given on the 0-255 scale
+    for r in range(n):
+        img = (images[r].numpy() * std + mean) / scale  # back to [0, 1] (C, H, W)
+        img = np.clip(img.transpose(1, 2, 0), 0, 1)
+        img = img[..., 0] if img.shape[2] == 1 else img[..., :3]
+        ax[r, 0].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+        ax[r, 1].imshow(colorize(masks[r].numpy(), palette, ignore_index))
+        ax[r, 2].imshow(colorize(preds[r].numpy(), palette, ignore_index))
+        for a in ax[r]:
+            a.axis("off")
+    for a, t in zip(ax[0], ("image", "ground truth", "prediction")):
+        a.set_title(t)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

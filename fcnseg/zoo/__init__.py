@@ -1,0 +1,100 @@
+"""The classification zoo: every network of the lecture notes, and the torchvision/timm
+classifiers, as patch classifiers that `fcnseg.densify` converts exactly.
+
+    model = fcnseg.zoo.create("vgg16", num_classes=21)          # valid padding
+    dense = fcnseg.densify(model)                                # == patchwise, every pixel
+
+`create` returns an `nn.Module` with a `patch_size` attribute `(P, Q)`:
+- `padding="valid"`: internal zero padding removed by `fcnseg.strip_padding` (parameters
+  shared); `patch_size` is the patch it computes. `densify` is exact at every pixel.
+- `padding="same"`: the original network; `patch_size` is the input size the architecture
+  was defined or trained at. `densify` refuses it (padding inside the net); use
+  `fcnseg.zoo.strided_fcn` for the fully convolutional form on the stride grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from .fcn import strided_fcn
+from .weights import load_pretrained
+
+
+@dataclass(frozen=True)
+class Spec:
+    build: Callable[[int, int, float], nn.Module]  # (num_classes, in_channels, width_mult)
+    input_size: Callable[[], int]  # the architecture's own input size ("same" patch)
+    published: Callable[[nn.Module], dict] | None  # downloads the published state dict
+
+
+_REGISTRY: dict[str, Spec] = {}
+
+
+def register(name: str, *, input_size: Callable[[], int], published=None):
+    """Decorator registering `build(num_classes, in_channels, width_mult) -> nn.Module`."""
+
+    def deco(build):
+        if name in _REGISTRY:
+            raise ValueError(f"fcnseg.zoo: the name {name!r} is registered twice")
+        _REGISTRY[name] = Spec(build, input_size, published)
+        return build
+
+    return deco
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def spec(name: str) -> Spec:
+    if name not in _REGISTRY:
+        raise KeyError(f"fcnseg.zoo has no network {name!r}; known: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def has_published_weights(name: str) -> bool:
+    return spec(name).published is not None
+
+
+def create(name: str, num_classes: int, in_channels: int = 3, width_mult: float = 1.0,
+           padding: str = "valid", pretrained=False) -> nn.Module:
+    """Build `name` as a patch classifier with a computed `patch_size` attribute.
+
+    pretrained: False; True (the published ImageNet weights, downloaded by torchvision or
+    timm); or a path to a local state dict (.pt/.pth via torch.load(weights_only=True), or
+    .safetensors). With num_classes != the weights' classes the last layer keeps its fresh
+    initialisation and everything else must match exactly.
+    """
+    s = spec(name)
+    if padding not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be positive, got {width_mult}")
+    model = s.build(num_classes, in_channels, width_mult)
+    if pretrained is not False and pretrained is not None:
+        load_pretrained(model, name, s.published, pretrained, width_mult=width_mult)
+    if padding == "same":
+        size = s.input_size()
+        model.patch_size = (size, size)
+        return model
+    from fcnseg import strip_padding  # the core; imported late so the zoo lists without it
+
+    training = model.training
+    model.eval()  # shape probes on small maps: training-mode batch norm would refuse 1x1 maps
+    valid, patch = strip_padding(model, in_channels=in_channels)
+    model.train(training)
+    valid.train(training)
+    valid.patch_size = tuple(patch)
+    return valid
+
+
+# One module per family; importing registers its names.
+from . import (  # noqa: E402,F401
+    alexnet, densenet, efficientnet, googlenet, inception, lenet, mobilenet, nin, resnet,
+    shufflenet, toy, vgg,
+)
+
+__all__ = ["create", "names", "register", "spec", "has_published_weights", "strided_fcn",
+           "load_pretrained"]

@@ -1,0 +1,187 @@
+"""densify == patch-by-patch at every pixel, in float64, for every supported construct."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fcnseg
+from conftest import check_dense
+
+K = 7  # a class count no default (2, 10, 1000) can match
+
+
+def lecture_net(c=3, k=K):
+    # the worked example of the lecture notes: 15x15 patch -> 1x1
+    return nn.Sequential(nn.Conv2d(c, 4, 2), nn.MaxPool2d(2, 2), nn.Conv2d(4, 5, 2), nn.MaxPool2d(3, 3),
+                         nn.Conv2d(5, k, 2))
+
+
+def lenet5(k=K):
+    # LeNet-5 as in the seeds: tanh, average pooling, three FC layers, 32x32 input
+    return nn.Sequential(nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), nn.Tanh(),
+                         nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Tanh(), nn.Linear(120, 84),
+                         nn.Tanh(), nn.Linear(84, k))
+
+
+def alexnet_like(k=K):
+    # strided 11x11 conv, LRN, overlapping 3x3/2 max pooling, grouped conv, FC head with dropout
+    return nn.Sequential(nn.Conv2d(3, 8, 11, stride=4), nn.ReLU(inplace=True), nn.LocalResponseNorm(5),
+                         nn.MaxPool2d(3, 2), nn.Conv2d(8, 12, 5, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                         nn.Flatten(), nn.Dropout(), nn.Linear(12 * 2 * 2, 16), nn.ReLU(), nn.Linear(16, k))
+
+
+def f64(m):
+    return m.double().eval()
+
+
+def test_lecture_worked_example():
+    model = f64(lecture_net())
+    dense = fcnseg.densify(model, 15)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    assert dense.pad(x).shape[-2:] == (19, 19)
+    assert dense(x).shape == (2, K, 5, 5)
+    # top-left output == classifier on the top-left 15x15 patch of the padded image
+    top_left = model(dense.pad(x)[:, :, :15, :15]).reshape(2, K)
+    assert torch.allclose(dense(x)[:, :, 0, 0], top_left, rtol=1e-12, atol=1e-14)
+    check_dense(model, x, 15)
+
+
+def test_lenet5_gray():
+    model = f64(lenet5())
+    check_dense(model, torch.randn(1, 1, 13, 11, dtype=torch.float64), 32)
+
+
+def test_alexnet_like_with_lrn_and_groups():
+    model = f64(alexnet_like())
+    p = fcnseg.find_patch_size(model)
+    # the head wants a 2x2 map: pool 3/2 needs 5, conv 5 needs 9, pool 3/2 needs 19, conv 11/4 needs 83
+    assert p == (83, 83)
+    check_dense(model, torch.randn(2, 3, 9, 10, dtype=torch.float64), p)
+
+
+@pytest.mark.parametrize("pad_mode,pad_value", [("constant", 0.0), ("constant", -1.5), ("reflect", 0.0),
+                                                ("replicate", 0.0)])
+def test_pad_modes(pad_mode, pad_value):
+    model = f64(lecture_net())
+    check_dense(model, torch.randn(1, 3, 17, 16, dtype=torch.float64), 15, pad_mode=pad_mode, pad_value=pad_value)
+
+
+@pytest.mark.parametrize("p", [(14, 10), (15, 10)])
+def test_pool_stride_differs_from_kernel_and_even_sizes(p):
+    # even kernels, pools 3/2 and 2/3, even and non-square patches (15 rows: floor pooling drops one):
+    # alignment must be computed, not assumed
+    model = f64(nn.Sequential(nn.Conv2d(2, 4, (2, 4)), nn.MaxPool2d(3, 2), nn.Conv2d(4, 4, 2), nn.AvgPool2d(2, 3),
+                              nn.Conv2d(4, K, (2, 1))))
+    assert model(torch.zeros(1, 2, *p, dtype=torch.float64)).shape[-2:] == (1, 1)
+    check_dense(model, torch.randn(1, 2, 9, 14, dtype=torch.float64), p)
+
+
+def test_ceil_mode_when_windows_fit():
+    model = f64(nn.Sequential(nn.Conv2d(1, 3, 3), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Conv2d(3, 4, 3),
+                              nn.AvgPool2d(2, 2, ceil_mode=True), nn.Flatten(), nn.Linear(4 * 2 * 2, K)))
+    # head wants 2x2: avg 2/2 needs 4, conv 3 needs 6, max 3/2 needs 13, conv 3 needs 15
+    check_dense(model, torch.randn(1, 1, 8, 7, dtype=torch.float64), 15)
+
+
+def test_image_smaller_than_patch_and_batch():
+    model = f64(lecture_net())
+    check_dense(model, torch.randn(3, 3, 4, 2, dtype=torch.float64), 15)
+
+
+def test_dilated_grouped_bn_dropout_in_eval():
+    model = f64(nn.Sequential(nn.Conv2d(4, 8, 3, dilation=2), nn.BatchNorm2d(8), nn.PReLU(8), nn.Dropout2d(),
+                              nn.Conv2d(8, 8, 3, groups=4, stride=2), nn.GELU(), nn.MaxPool2d(2, dilation=2),
+                              nn.Conv2d(8, K, 2), nn.Flatten(), nn.Softmax(dim=-1)))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    p = fcnseg.find_patch_size(model, 4)
+    check_dense(model, torch.randn(2, 4, 7, 8, dtype=torch.float64), p)
+
+
+class ResidualConcat(nn.Module):
+    """A forward() with functional calls, a residual addition, a concatenation and view-flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3)
+        self.a = nn.Conv2d(6, 6, 1)
+        self.b = nn.Conv2d(6, 4, 1)
+        self.head = nn.Linear(10 * 3 * 3, 12)
+        self.fc = nn.Linear(12, K)
+        self.bn1d = nn.BatchNorm1d(12)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = F.max_pool2d(x, 2)
+        x = x + torch.sigmoid(self.a(x))
+        x = torch.cat([x, F.elu(self.b(x))], dim=1)
+        x = F.avg_pool2d(x, 2)
+        x = x.view(x.size(0), -1)
+        x = self.bn1d(F.leaky_relu(self.head(x), 0.1))
+        return F.log_softmax(self.fc(x), dim=1)
+
+
+def test_custom_forward_residual_concat():
+    model = f64(ResidualConcat())
+    model.bn1d.running_mean.uniform_(-1, 1)
+    check_dense(model, torch.randn(2, 3, 6, 9, dtype=torch.float64), 14)
+
+
+class GlobalPoolNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 5, 3, stride=2)
+        self.c2 = nn.Conv2d(5, 6, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, K)
+
+    def forward(self, x):
+        y = self.c2(F.relu(self.c1(x)))
+        z = torch.flatten(self.pool(y), 1) + y.amax(dim=(2, 3))
+        return self.fc(z) + y.mean((-2, -1)).sum(1, keepdim=True)
+
+
+def test_global_pooling_heads_and_dilated_avg_pool():
+    model = f64(GlobalPoolNet())
+    check_dense(model, torch.randn(1, 3, 10, 7, dtype=torch.float64), 13)
+
+
+def test_adaptive_pool_with_uniform_windows():
+    model = f64(nn.Sequential(nn.Conv2d(1, 3, 3), nn.AdaptiveMaxPool2d(3), nn.Flatten(), nn.Linear(27, K)))
+    check_dense(model, torch.randn(1, 1, 6, 6, dtype=torch.float64), 11)  # 9 -> 3: windows 3/3
+
+
+@pytest.mark.parametrize("s", [1, 2, 4, 8, 24])
+def test_every_output_stride(s):
+    model = f64(nn.Sequential(nn.Conv2d(1, 3, 3, stride=2), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3), nn.MaxPool2d(2),
+                              nn.Conv2d(4, 4, 2), nn.MaxPool2d(3), nn.Conv2d(4, K, 2)))
+    p = fcnseg.find_patch_size(model, 1)
+    dense = fcnseg.densify(model, p)
+    assert dense.geometry.total_stride == (24, 24)
+    check_dense(model, torch.randn(1, 1, 50, 27, dtype=torch.float64), p, output_stride=s)
+
+
+def test_float32_tolerance():
+    model = alexnet_like().eval()
+    check_dense(model, torch.randn(1, 3, 8, 8), 83, tol=1e-4)
+
+
+def test_shares_parameters_and_follows_mode():
+    model = lecture_net()
+    dense = fcnseg.densify(model, 15)
+    assert {id(p) for p in dense.parameters()} == {id(p) for p in model.parameters()}
+    for node in dense.body.graph.nodes:
+        if node.op == "call_module":
+            assert dense.body.get_submodule(node.target) is model.get_submodule(node.target)
+    dense.train()
+    assert all(m.training for m in model.modules())
+    dense.eval()
+    assert not any(m.training for m in model.modules())
+
+
+def test_trains_the_classifier():
+    model = lenet5().double()
+    dense = fcnseg.densify(model, 32)
+    dense(torch.randn(1, 1, 5, 5, dtype=torch.float64)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
