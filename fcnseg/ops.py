@@ -27,15 +27,24 @@ def pad_image(x: torch.Tensor, patch_size: tuple[int, int], mode: str = "constan
         return x
     if mode == "reflect":
         h, w = x.shape[-2:]
-        if max(pads[2:]) >= h or max(pads[:2]) >= w:
-            raise ValueError(
-                f"reflect padding needs an image larger than half the patch: image {h}x{w}, "
-                f"patch {patch_size[0]}x{patch_size[1]}; use pad_mode='replicate' or 'constant'"
-            )
-        return F.pad(x, pads, mode="reflect")
+        if max(pads[2:]) < h and max(pads[:2]) < w:
+            return F.pad(x, pads, mode="reflect")
+        # pads wider than the image (deep nets, small images): reflect again and again, as np.pad does
+        rows = reflect_index(torch.arange(-pads[2], h + pads[3], device=x.device), h)
+        cols = reflect_index(torch.arange(-pads[0], w + pads[1], device=x.device), w)
+        return x[..., rows[:, None], cols[None, :]]
     if mode == "replicate":
         return F.pad(x, pads, mode="replicate")
     return F.pad(x, pads, mode="constant", value=value)
+
+
+def reflect_index(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices into a length-n axis for positions i reflected at both ends (edge not repeated)."""
+    if n == 1:
+        return torch.zeros_like(i)
+    period = 2 * (n - 1)
+    i = i.remainder(period)
+    return torch.where(i < n, i, period - i)
 
 
 def avg_pool2d_dilated(x, kernel_size, stride=1, dilation=1, divisor: int | None = None):

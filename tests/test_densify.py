@@ -83,9 +83,11 @@ def test_ceil_mode_when_windows_fit():
     check_dense(model, torch.randn(1, 1, 8, 7, dtype=torch.float64), 15)
 
 
-def test_image_smaller_than_patch_and_batch():
+@pytest.mark.parametrize("pad_mode", ["constant", "reflect", "replicate"])
+def test_image_smaller_than_patch_and_batch(pad_mode):
+    # reflect padding wider than the image reflects again, as np.pad does
     model = f64(lecture_net())
-    check_dense(model, torch.randn(3, 3, 4, 2, dtype=torch.float64), 15)
+    check_dense(model, torch.randn(3, 3, 4, 2, dtype=torch.float64), 15, pad_mode=pad_mode)
 
 
 def test_dilated_grouped_bn_dropout_in_eval():
@@ -185,3 +187,12 @@ def test_trains_the_classifier():
     dense = fcnseg.densify(model, 32)
     dense(torch.randn(1, 1, 5, 5, dtype=torch.float64)).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_reflect_padding_matches_numpy_for_any_width():
+    np = pytest.importorskip("numpy")
+    from fcnseg.ops import pad_image
+    x = torch.randn(1, 1, 3, 2, dtype=torch.float64)
+    for p in [(15, 15), (4, 5), (9, 2)]:
+        want = np.pad(x[0, 0].numpy(), (((p[0] - 1) // 2, p[0] // 2), ((p[1] - 1) // 2, p[1] // 2)), mode="reflect")
+        assert np.array_equal(pad_image(x, p, "reflect")[0, 0].numpy(), want)
