@@ -9,6 +9,7 @@ from .convert.dense_graph import convert
 from .convert.errors import ConversionError, OutputStrideError, PatchSizeError
 from .convert.trace import infer_in_channels, patch_values, trace
 from .geometry import Geometry, build_geometry
+from . import ops
 from .ops import PAD_MODES, pad_image
 from .patch import as_pair, resolve_patch_size
 
@@ -17,8 +18,11 @@ class DenseNet(nn.Module):
     """The dense network of a patch classifier; shares the classifier's parameters and modes."""
 
     def __init__(self, classifier, body, patch_size, output_stride, pad_mode, pad_value, geometry, unsafe,
-                 num_classes):
+                 num_classes, tail=None, boundary=()):
         super().__init__()
+        self.tail = tail                      # per-patch layers after a squeeze-excitation gate, or None
+        self.boundary = list(boundary)        # Geo of the dense maps the tail reads
+        self.tail_memory = 256 * 2**20        # bytes of gathered features per tail batch
         self.classifier = classifier          # registered: .parameters(), .train() and .eval() reach it
         self.body = body
         self.patch_size = patch_size
@@ -50,9 +54,32 @@ class DenseNet(nn.Module):
         s = self.output_stride
         if xp.shape[-2] < p or xp.shape[-1] < q:
             raise ValueError(f"padded input {tuple(xp.shape[-2:])} is smaller than the patch {self.patch_size}")
+        ho, wo = (xp.shape[-2] - p) // s[0] + 1, (xp.shape[-1] - q) // s[1] + 1
         y = self.body(xp)
+        if self.tail is not None:
+            return self._run_tail(y, ho, wo)
         # networks that ignore trailing rows (floor pooling) produce a few extra outputs: drop them
-        return y[..., : (xp.shape[-2] - p) // s[0] + 1, : (xp.shape[-1] - q) // s[1] + 1]
+        return y[..., :ho, :wo]
+
+    def _run_tail(self, maps, ho, wo):
+        """Gather each output pixel's features from the dense maps and finish it per patch."""
+        n, s = maps[0].shape[0], self.output_stride
+        m = torch.arange(ho * wo, device=maps[0].device)
+        per_pixel = sum(t.shape[1] * g.hw[0] * g.hw[1] for t, g in zip(maps, self.boundary)) * n
+        batch = max(1, self.tail_memory // (per_pixel * maps[0].element_size()))
+        out = []
+        for chunk in m.split(batch):
+            my, mx = chunk // wo, chunk % wo
+            feats = []
+            for t, geo in zip(maps, self.boundary):
+                # (*) in convert/dense_graph.py: feature (a, b) of pixel (my*s, mx*s) is at
+                # dense[my*s/g + a*r, mx*s/g + b*r]
+                iy, ix = my * (s[0] // geo.g[0]), mx * (s[1] // geo.g[1])
+                f = ops.gather_patches(t, iy, ix, geo.hw, geo.r)
+                feats.append(f.reshape(f.shape[0], -1) if geo.kind == "flat" else f)
+            scores = self.tail(*feats)
+            out.append(scores.reshape(n, len(chunk), -1))                  # (N, M, K)
+        return torch.cat(out, 1).transpose(1, 2).reshape(n, -1, ho, wo)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -68,7 +95,8 @@ def _build(gm, values, patch_size, s):
     body = torch.fx.GraphModule(conv.attrs, conv.graph, class_name="DenseBody")
     body.graph.eliminate_dead_code()
     body.recompile()
-    return conv, body
+    tail = None if conv.suffix is None else torch.fx.GraphModule(conv.attrs, conv.suffix, class_name="PatchTail")
+    return conv, body, tail
 
 
 def valid_output_strides(gm, values, patch_size) -> list[int]:
@@ -97,7 +125,7 @@ def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str
     except RuntimeError as exc:
         raise PatchSizeError(f"the classifier does not run on a {patch_size} patch: {exc}".split("\n")[0]) from exc
     try:
-        conv, body = _build(gm, values, patch_size, s)
+        conv, body, tail = _build(gm, values, patch_size, s)
     except OutputStrideError as exc:
         raise OutputStrideError(f"{exc}. Valid output strides: {valid_output_strides(gm, values, patch_size)}") from None
     except PatchSizeError as exc:
@@ -105,7 +133,8 @@ def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str
         near = nearby_patch_sizes(gm, c, patch_size)
         raise PatchSizeError(f"{exc}. Patch sizes near {patch_size} that work: {near}") from None
     geo = build_geometry(conv, patch_size, c, s)
-    return DenseNet(model, body, patch_size, s, pad_mode, pad_value, geo, conv.unsafe, conv.num_classes)
+    return DenseNet(model, body, patch_size, s, pad_mode, pad_value, geo, conv.unsafe, conv.num_classes, tail,
+                    conv.boundary)
 
 
 def geometry(model: nn.Module, patch_size=None, *, in_channels: int | None = None, output_stride=1) -> Geometry:

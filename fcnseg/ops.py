@@ -90,6 +90,17 @@ def reshape_keep_spatial(x: torch.Tensor, inner: tuple[int, ...]) -> torch.Tenso
     return x.reshape(x.shape[0], *inner, x.shape[-2], x.shape[-1])
 
 
+def gather_patches(dense: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor, size, rate) -> torch.Tensor:
+    """Per-patch features (N*M, C, h, w) from a dense map (N, C, H, W): patch k reads rows
+    iy[k] + a*rate[0], a < h, and columns ix[k] + b*rate[1], b < w (image-major order)."""
+    h, w = size
+    rows = iy[:, None] + torch.arange(h, device=dense.device) * rate[0]       # (M, h)
+    cols = ix[:, None] + torch.arange(w, device=dense.device) * rate[1]       # (M, w)
+    out = dense[:, :, rows[:, :, None], cols[:, None, :]]                     # (N, C, M, h, w)
+    n, c, m = out.shape[:3]
+    return out.permute(0, 2, 1, 3, 4).reshape(n * m, c, h, w)
+
+
 def _pair(v) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         return (int(v[0]), int(v[1]))

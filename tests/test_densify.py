@@ -196,3 +196,29 @@ def test_reflect_padding_matches_numpy_for_any_width():
     for p in [(15, 15), (4, 5), (9, 2)]:
         want = np.pad(x[0, 0].numpy(), (((p[0] - 1) // 2, p[0] // 2), ((p[1] - 1) // 2, p[1] // 2)), mode="reflect")
         assert np.array_equal(pad_image(x, p, "reflect")[0, 0].numpy(), want)
+
+
+class SqueezeExcite(nn.Module):
+    """A squeeze-excitation gate inside the body: each patch scales its own map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.fc = nn.Conv2d(4, 4, 1)
+        self.c2 = nn.Conv2d(4, 5, 3)
+        self.head = nn.Linear(5, K)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        y = y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+        z = self.c2(y)
+        return self.head(F.adaptive_avg_pool2d(z + z[:, :1], 1).flatten(1))
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_squeeze_excitation_runs_exactly_per_patch(s):
+    model = f64(SqueezeExcite())
+    dense = fcnseg.densify(model, 11, output_stride=s)
+    assert dense.tail is not None and sorted(g.hw for g in dense.boundary) == [(1, 1), (5, 5)]
+    dense.tail_memory = 4096                       # several tail batches
+    check_dense(model, torch.randn(2, 3, 9, 8, dtype=torch.float64), 11, output_stride=s)

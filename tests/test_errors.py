@@ -34,22 +34,6 @@ def test_unknown_layer_named():
         fcnseg.densify(model, 5)
 
 
-def test_squeeze_excitation_broadcast_named():
-    class SE(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3)
-            self.fc = nn.Conv2d(4, 4, 1)
-            self.head = nn.Conv2d(4, K, 3)
-
-        def forward(self, x):
-            y = self.conv(x)
-            return self.head(y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True))))
-
-    with pytest.raises(fcnseg.UnsupportedLayerError, match="squeeze-excitation"):
-        fcnseg.densify(SE(), 5)
-
-
 def test_ceil_mode_overhang_lists_patch_sizes_that_work():
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Conv2d(3, K, 6))
     # patch 16 -> conv 14 -> ceil pool 7 with its last window past the edge

@@ -67,6 +67,8 @@ class Conversion:
     out_geo: Geo
     num_classes: int
     unsafe: list = field(default_factory=list)   # (name, module) refused in training mode
+    suffix: torch.fx.Graph | None = None         # per-patch tail (see Converter._find_per_patch)
+    boundary: list = field(default_factory=list) # Geo of each dense tensor the tail gathers
 
 
 def _mul(a, b):
@@ -78,9 +80,36 @@ class Converter:
         self.gm, self.values = gm, values
         self.patch_size = tuple(patch_size)
         self.s = output_stride
-        self.graph = torch.fx.Graph()
+        self.graph = self.dense_graph = torch.fx.Graph()
         self.env, self.geo, self.attrs = {}, {}, {}
         self.layers, self.unsafe = [], []
+        self.per_patch = self._find_per_patch()
+        self.scratch, self.scratch_env, self.dense_env = torch.fx.Graph(), {}, self.env
+        self._current = None
+
+    def _find_per_patch(self) -> set:
+        """Nodes that depend on a value pooled over the whole patch and broadcast back over a map
+        (squeeze-excitation). Each patch scales its own map differently, so from there on no dense
+        map can hold the features of all patches: those nodes run per patch, on features gathered
+        from the dense maps (exact; the cost of those layers is the patch-by-patch cost)."""
+        live = set()                                     # nodes computed from the input image
+        for n in self.gm.graph.nodes:
+            if n.op == "placeholder" or any(a in live for a in n.all_input_nodes):
+                live.add(n)
+        starts = set()
+        for n in self.gm.graph.nodes:
+            maps = [a for a in n.all_input_nodes if a in live and isinstance(self.values.get(a), torch.Tensor)
+                    and self.values[a].dim() == 4]
+            sizes = {tuple(self.values[a].shape[-2:]) for a in maps}
+            if len(sizes) > 1 and (1, 1) in sizes:
+                starts.add(n)
+        tail = set()
+        for n in self.gm.graph.nodes:                   # topological order: one pass finds descendants
+            if n in starts or any(a in tail for a in n.all_input_nodes):
+                tail.add(n)
+        tail.discard(next(n for n in self.gm.graph.nodes if n.op == "output"))
+        return tail
+
 
     # ---- helpers -------------------------------------------------------------------------
     def _val(self, n):
@@ -119,6 +148,8 @@ class Converter:
 
     def _record(self, layer: Layer, geo_in: Geo, geo_out: Geo, t1, dil, flops_per_out, out_hw):
         positions = (self.s[0] // geo_out.g[0]) * (self.s[1] // geo_out.g[1])
+        if self._current in self.per_patch:            # runs once per output pixel, at patch size
+            positions = out_hw[0] * out_hw[1]
         self.layers.append(LayerGeometry(
             layer.name, layer.kind if layer.kind != "pool" else f"{layer.pool}pool", layer.kernel, layer.stride,
             tuple(out_hw), geo_out.d, t1, dil, geo_out.rf, geo_out.offset,
@@ -127,8 +158,51 @@ class Converter:
     # ---- the pass ----------------------------------------------------------------------------
     def run(self) -> Conversion:
         for node in self.gm.graph.nodes:
-            self._visit(node)
-        return Conversion(self.graph, self.attrs, self.layers, self.out_geo, self.num_classes, self.unsafe)
+            self._current = node
+            if node in self.per_patch:
+                # geometry and checks as usual; the emitted ops are discarded (the tail is rebuilt
+                # from the original nodes in _build_suffix)
+                self.graph, self.env = self.scratch, self.scratch_env
+                for a in node.all_input_nodes:
+                    if a not in self.scratch_env:
+                        self.scratch_env[a] = self.scratch.placeholder(a.name)
+                self._visit(node)
+                self.dense_env[node] = self.scratch_env[node]
+                self.graph, self.env = self.dense_graph, self.dense_env
+            else:
+                self._visit(node)
+        return Conversion(self.graph, self.attrs, self.layers, self.out_geo, self.num_classes, self.unsafe,
+                          self.suffix, [self.geo[b] for b in self.boundary])
+
+    def _build_suffix(self, out):
+        """The per-patch tail: the original nodes, fed with features gathered from dense maps."""
+        need, boundary = set(self.per_patch), []
+
+        def visit_inputs(n):
+            for a in n.all_input_nodes:
+                if a in need:
+                    continue
+                if self.geo[a].kind in ("map", "flat") and a not in boundary:
+                    boundary.append(a)
+                elif self.geo[a].kind in ("shape", "const"):
+                    need.add(a)                    # recomputed on per-patch tensors
+                    visit_inputs(a)
+
+        for n in list(self.per_patch):
+            visit_inputs(n)
+        g, env = torch.fx.Graph(), {}
+        for b in boundary:
+            env[b] = g.placeholder(b.name)
+        for n in self.gm.graph.nodes:
+            if n in need and n not in env:
+                env[n] = g.node_copy(n, lambda a: env[a])
+                if n.op == "call_module":
+                    self._module(n.target)
+                elif n.op == "get_attr":
+                    self._attr(n.target)
+        g.output(env[out])
+        self.dense_graph.output(tuple(self.dense_env[b] for b in boundary))
+        self.suffix, self.boundary = g, boundary
 
     def _visit(self, node):
         if node.op == "placeholder":
@@ -181,7 +255,11 @@ class Converter:
         self.num_classes = shape[1]
         if geo.g != self.s:
             raise OutputStrideError(f"output_stride {self.s} exceeds the network's total stride {geo.d}")
-        self.graph.output(self.env[out])
+        self.suffix, self.boundary = None, []
+        if out in self.per_patch:
+            self._build_suffix(out)
+        else:
+            self.graph.output(self.env[out])
 
     # ---- spatial layers ------------------------------------------------------------------------
     def _spatial_in(self, node, layer):
@@ -264,6 +342,9 @@ class Converter:
     def _global(self, node, layer):
         x = node.args[0]
         nd = self.values[x].dim()
+        if layer.dim is None:
+            raise UnsupportedLayerError(f"layer '{layer.name}' reduces over every dim, the batch included; "
+                                        "reduce over (2, 3) for global pooling")
         dims = layer.dim if isinstance(layer.dim, (tuple, list)) else (layer.dim,)
         dims = {int(d) % nd for d in dims}
         if self.geo[x].kind == "flat":
@@ -341,6 +422,10 @@ class Converter:
 
     def _getitem(self, node, layer):
         src = self.geo[node.args[0]]
+        idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        if src.kind in ("map", "flat") and len(idx) == 2 and idx[0] == slice(None) and isinstance(idx[1], slice) \
+                and (src.kind == "map" or src.hw == (1, 1)):
+            return self._pointwise(node, layer)          # a channel slice x[:, a:b]
         if src.kind != "tuple":
             raise UnsupportedLayerError(f"layer '{node.name}' indexes a feature map; crop with "
                                         "fcnseg.ops.crop_to_smallest or remove the indexing")
@@ -396,6 +481,8 @@ class Converter:
         first = geos[0]
         for t, g in zip(tensors, geos):
             if g.kind != first.kind or g.hw != first.hw or g.d != first.d:
+                if (1, 1) in (g.hw, first.hw) and node in self.per_patch:
+                    continue
                 if (1, 1) in (g.hw, first.hw):
                     raise UnsupportedLayerError(
                         f"layer '{node.name}' broadcasts a value pooled over the whole patch (e.g. squeeze-"
@@ -404,7 +491,8 @@ class Converter:
                                             f"(strides {first.d}, {g.d}); crop them to one size "
                                             "(fcnseg.strip_padding does this)")
         rf = tuple(max(g.rf[a] for g in geos) for a in range(2))
-        return Geo(first.kind, first.hw, first.d, first.g, rf, first.offset)
+        big = max(geos, key=lambda g: g.hw[0] * g.hw[1])
+        return Geo(big.kind, big.hw, big.d, big.g, rf, big.offset)
 
     def _trimmed(self, tensors):
         if len(tensors) < 2:

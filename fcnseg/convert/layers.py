@@ -174,7 +174,9 @@ def _describe_function(node) -> Layer:
         return Layer("merge", name)
     if t in SHAPE_FUNCTIONS:
         return Layer("shape", name)
-    if t in POINTWISE_FUNCTIONS:
+    if t in POINTWISE_FUNCTIONS or fname == "stochastic_depth":
+        # torchvision's stochastic depth keeps or drops a whole residual branch per sample: per
+        # position it is a scale, so pointwise (in training it drops per image, not per patch)
         return Layer("pointwise", name)
     return Layer("unsupported", name, extra={"why": f"function {fname} is not known to fcnseg"})
 
