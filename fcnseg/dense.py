@@ -31,6 +31,10 @@ class DenseNet(nn.Module):
         self.geometry = geometry
         self.num_classes = num_classes
         self._unsafe = unsafe
+        # adopt the classifier's mode without changing it (a later .train()/.eval() reaches both)
+        for m in (self, body, tail):
+            if m is not None:
+                m.training = classifier.training
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         return pad_image(x, self.patch_size, self.pad_mode, self.pad_value)

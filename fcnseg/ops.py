@@ -47,7 +47,8 @@ def reflect_index(i: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(i < n, i, period - i)
 
 
-def avg_pool2d_dilated(x, kernel_size, stride=1, dilation=1, divisor: int | None = None):
+def avg_pool2d_dilated(x, kernel_size, stride=1, dilation=1, divisor: int | None = None,
+                       channels: int | None = None):
     """Exact average pooling with a dilated window: a depthwise convolution with a ones kernel.
 
     nn.AvgPool2d has no dilation argument; a depthwise convolution computes the same window sums
@@ -55,7 +56,8 @@ def avg_pool2d_dilated(x, kernel_size, stride=1, dilation=1, divisor: int | None
     avg_pool2d does, so the result differs from the reference only by summation order.
     """
     kh, kw = _pair(kernel_size)
-    c = x.shape[1]
+    # a channel count fixed at conversion time keeps the kernel a constant for ONNX / TorchScript
+    c = channels if channels is not None else x.shape[1]
     ones = torch.ones(c, 1, kh, kw, dtype=x.dtype, device=x.device)
     summed = F.conv2d(x, ones, None, _pair(stride), 0, _pair(dilation), c)
     return summed / (divisor if divisor else kh * kw)

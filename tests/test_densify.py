@@ -170,8 +170,9 @@ def test_float32_tolerance():
 
 
 def test_shares_parameters_and_follows_mode():
-    model = lecture_net()
+    model = lecture_net().eval()
     dense = fcnseg.densify(model, 15)
+    assert not dense.training and not dense.body.training      # adopts the classifier's mode
     assert {id(p) for p in dense.parameters()} == {id(p) for p in model.parameters()}
     for node in dense.body.graph.nodes:
         if node.op == "call_module":

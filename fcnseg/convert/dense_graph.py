@@ -314,7 +314,8 @@ class Converter:
         elif dil == (1, 1):
             y = self.graph.call_function(F.avg_pool2d, (xn, layer.kernel, t1, 0, False, True, layer.divisor))
         else:
-            y = self.graph.call_function(ops.avg_pool2d_dilated, (xn, layer.kernel, t1, dil, layer.divisor))
+            y = self.graph.call_function(ops.avg_pool2d_dilated, (xn, layer.kernel, t1, dil, layer.divisor,
+                                                                  int(self.values[x].shape[1])))
         self.env[node], self.geo[node] = y, out
         c = self.values[x].shape[1]
         self._record(layer, geo, out, t1, dil, c * layer.kernel[0] * layer.kernel[1], out.hw)

@@ -174,6 +174,12 @@ def _describe_function(node) -> Layer:
         return Layer("merge", name)
     if t in SHAPE_FUNCTIONS:
         return Layer("shape", name)
+    if t in (F.batch_norm, torch.batch_norm):
+        training = _arg(node, 5, "training", False) if t is F.batch_norm else _arg(node, 5, "training")
+        if training:
+            return Layer("unsupported", name, extra={"why": "batch_norm with training=True uses statistics of "
+                                                     "all positions; call model.eval() before converting"})
+        return Layer("pointwise", name)
     if t in POINTWISE_FUNCTIONS or fname == "stochastic_depth":
         # torchvision's stochastic depth keeps or drops a whole residual branch per sample: per
         # position it is a scale, so pointwise (in training it drops per image, not per patch)

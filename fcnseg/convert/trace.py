@@ -77,8 +77,15 @@ def patch_values(gm: torch.fx.GraphModule, in_channels: int, patch_size: tuple[i
     }
     dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.get_default_dtype())
     x = torch.empty(1, in_channels, *patch_size, device="meta", dtype=dtype)
-    with torch.no_grad():
-        return torch.func.functional_call(runner, state, (x,), strict=False)
+    # shapes do not depend on the mode; eval keeps batch norm from refusing a batch of one 1x1 map
+    modes = {m: m.training for m in gm.modules()}
+    gm.eval()
+    try:
+        with torch.no_grad():
+            return torch.func.functional_call(runner, state, (x,), strict=False)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def infer_in_channels(gm: torch.fx.GraphModule) -> int:

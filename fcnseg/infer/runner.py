@@ -309,7 +309,8 @@ def resolve_tile_size(cfg: InferenceSettings, pred: Predictor) -> int | None:
         return None
     if cfg.tile_size is not None:
         return int(cfg.tile_size)
-    return auto_tile_size(pred.dense, pred.in_channels, cfg.memory_mb, batch_size=1,
+    # batch_size windows per pass (small images or tiles of a large one) share the budget
+    return auto_tile_size(pred.dense, pred.in_channels, cfg.memory_mb, batch_size=cfg.batch_size,
                           amp=bool(cfg.amp) and pred.device.type == "cuda",
                           channels_last=cfg.channels_last)
 

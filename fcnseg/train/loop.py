@@ -87,13 +87,24 @@ def _datasets(data_cfg, aug_cfg):
     val = fcnseg.data.build_dataset(kind, root, val_split, **kw)
     # clear errors (file + fix) for missing masks, bad labels, size mismatches, empty
     # splits, unreadable images: before the first step, not an hour into the run
-    fcnseg.data.validate_dataset(train)
+    report_ = fcnseg.data.validate_dataset(train)
     fcnseg.data.validate_dataset(val)
     if (train.num_classes, train.in_channels) != (val.num_classes, val.in_channels):
         raise TrainingError(f"train and val splits of {root} disagree: "
                             f"{train.num_classes} vs {val.num_classes} classes, "
                             f"{train.in_channels} vs {val.in_channels} channels")
-    return train, val
+    return train, val, report_.class_pixels
+
+
+def auto_class_weights(class_pixels):
+    """(median frequency / class frequency) ** 0.5: background-heavy data stops drowning
+    the rare classes, without the square-root-free version's overshoot. Absent classes 1."""
+    f = torch.as_tensor(class_pixels, dtype=torch.float64)
+    f = f / f.sum()
+    present = f > 0
+    w = torch.ones_like(f)
+    w[present] = (f[present].median() / f[present]).sqrt()
+    return w.tolist()
 
 
 def _collate(batch):
@@ -179,7 +190,7 @@ class _Run:
         _seed_all(self.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
 
-        self.train_ds, self.val_ds = _datasets(cfg["data"], cfg.get("aug"))
+        self.train_ds, self.val_ds, class_pixels = _datasets(cfg["data"], cfg.get("aug"))
         ds = self.train_ds
         self.num_classes, self.in_channels = ds.num_classes, ds.in_channels
         self.ignore_index = getattr(ds, "ignore_index", 255)
@@ -189,6 +200,12 @@ class _Run:
         model = build_model(self.spec).to(d.device)
         self.model = model
         self.patch_size = getattr(model, "patch_size", None)
+        self.has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                          for m in model.modules())
+        if self.has_bn and self.patch_size is not None:
+            # batch statistics mix the positions of a whole image, which one patch cannot
+            # see: patch classifiers train with running statistics (densify requires it)
+            fcnseg.freeze_batchnorm(model)
         self.pad = {"pad_mode": mcfg.get("pad_mode", "constant"),
                     "pad_value": float(mcfg.get("pad_value", 0.0))}
         self.mode = t.get("mode", "dense")
@@ -213,8 +230,6 @@ class _Run:
         self.channels_last = True if cl == "auto" else bool(cl)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                          for m in model.modules())
         self.step_net = self.train_net
         if d.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -250,6 +265,9 @@ class _Run:
                                          self.epochs * self.steps_per_epoch, self.steps_per_epoch)
         self.amp_dtype, self.scaler = _amp(t.get("amp", "auto"), d.device)
         lcfg = dict(cfg.get("loss") or {"name": "ce"})
+        if lcfg.get("class_weights") == "auto":
+            lcfg["class_weights"] = auto_class_weights(class_pixels)
+            self.log("class weights: " + " ".join(f"{w:.2f}" for w in lcfg["class_weights"]))
         self.loss_fn = PixelLoss(num_classes=self.num_classes, **lcfg).to(d.device)
         self.start_epoch, self.start_step, self.best, self.history = 0, 0, -1.0, []
         self.resumed_rng = None
@@ -300,7 +318,7 @@ class _Run:
         d, t = self.d, self.t
         self.train_net.train()
         self.model.train()
-        if self.has_bn:  # batch statistics mix positions; densify needs running stats
+        if self.has_bn and self.patch_size is not None:  # see __init__
             fcnseg.freeze_batchnorm(self.model)
         frac = float(t.get("sample_fraction", 1.0))
         balance = bool(t.get("balance_classes", False))

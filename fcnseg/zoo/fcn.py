@@ -76,8 +76,9 @@ class StridedFCN(nn.Module):
         super().__init__()
         self.body, self.head = _split(model)
         self.patch_size, self.chunk = tuple(patch_size), chunk
+        dtype = next(model.parameters()).dtype
         with torch.no_grad():
-            probe = _meta(self.body)(torch.empty(1, in_channels, *patch_size, device="meta"))
+            probe = _meta(self.body)(torch.empty(1, in_channels, *patch_size, device="meta", dtype=dtype))
         self.window = tuple(probe.shape[-2:])  # (M, M): the head's input map
         self.stride = tuple(p // m for p, m in zip(patch_size, self.window))  # informative only
 

@@ -1,0 +1,168 @@
+"""The fast engine: the same dense network, laid out and scheduled for speed.
+
+    fast_dense = fcnseg.engine.fast(fcnseg.densify(model))
+    fast_dense(x)   # == dense(x) up to float reassociation, forward and backward
+
+`fast` rewrites the dense body's fx graph; it never changes what is computed:
+- channels_last end to end. On CPU, max pooling at stride 1 with dilation is several times
+  slower in NCHW than in channels_last (the NHWC kernel vectorises over channels), and
+  dilated convolutions run as fast or faster in channels_last. The input is converted once,
+  and the output of a convolution on a single-channel map too (see `to_channels_last`).
+- identity windows removed: a 1x1 average/max pool (what a Flatten after an already 1x1
+  map or an adaptive pool to the map's own size becomes) is a copy, or a depthwise
+  convolution with a ones kernel for the dilated average. Dropping it is exact.
+- the output is returned NCHW-contiguous, like the plain DenseNet's.
+- optional: a fixed intra-op thread count for the forward pass, and torch.compile of the body
+  (inductor; it reassociates sums, so it is exact up to float rounding like everything else).
+
+Parameters stay the classifier's own tensors (no copies), so training the fast network trains
+the classifier, exactly as with the plain DenseNet.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+
+from . import ops
+from .dense import DenseNet
+
+CL = torch.channels_last
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=CL) if x.dim() == 4 else x
+
+
+torch.fx.wrap("_channels_last")
+
+
+def _is_identity_window(node: torch.fx.Node) -> bool:
+    """A pooling node whose window is one element and whose divisor is 1: output == input."""
+    if node.op != "call_function":
+        return False
+    if node.target is ops.avg_pool2d_dilated:
+        kernel = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size")
+        stride = node.args[2] if len(node.args) > 2 else node.kwargs.get("stride", 1)
+        divisor = node.args[4] if len(node.args) > 4 else node.kwargs.get("divisor")
+        return ops._pair(kernel) == (1, 1) and ops._pair(stride) == (1, 1) and divisor in (None, 1)
+    if node.target in (F.max_pool2d, F.avg_pool2d, torch._C._nn.avg_pool2d):
+        kernel = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size")
+        stride = node.args[2] if len(node.args) > 2 else node.kwargs.get("stride")
+        if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+            stride = kernel                                   # PyTorch's default stride
+        divisor = node.args[6] if node.target is not F.max_pool2d and len(node.args) > 6 else \
+            node.kwargs.get("divisor_override")
+        pad = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
+        return (ops._pair(kernel) == (1, 1) and ops._pair(stride) == (1, 1) and ops._pair(pad) == (0, 0)
+                and divisor in (None, 1))
+    return False
+
+
+def drop_identity_windows(gm: torch.fx.GraphModule) -> int:
+    """Remove 1x1 stride-1 pooling nodes in place; returns how many were removed."""
+    removed = 0
+    for node in list(gm.graph.nodes):
+        if _is_identity_window(node):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            removed += 1
+    return removed
+
+
+def to_channels_last(gm: torch.fx.GraphModule) -> None:
+    """Convert the input to channels_last and keep every convolution's output there.
+
+    A (N, 1, H, W) input or (C, 1, kh, kw) weight is NCHW- and NHWC-contiguous at once, and
+    PyTorch then picks NCHW for the convolution's output (and every later layer follows).
+    Converting conv outputs costs nothing when they are already NHWC (contiguous() returns
+    the tensor itself) and one copy of one map when they are not.
+    """
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "placeholder" or (node.op == "call_function" and node.target in (F.conv2d, torch.conv2d)):
+            with graph.inserting_after(node):
+                conv = graph.call_function(_channels_last, (node,))
+            node.replace_all_uses_with(conv, delete_user_cb=lambda user: user is not conv)
+
+
+def rewrite(body: torch.fx.GraphModule, *, channels_last: bool = True) -> torch.fx.GraphModule:
+    """A new GraphModule over the same parameters with the exact speed rewrites applied."""
+    graph = torch.fx.Graph()
+    out = graph.graph_copy(body.graph, {})
+    graph.output(out)
+    gm = torch.fx.GraphModule(body, graph, class_name="FastDenseBody")
+    drop_identity_windows(gm)
+    if channels_last:
+        to_channels_last(gm)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None):
+    """Run with n intra-op threads, restoring the previous setting (None: leave it alone)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class FastDenseNet(DenseNet):
+    """A DenseNet whose body is the rewritten graph; same outputs, same parameters."""
+
+    @classmethod
+    def wrap(cls, dense: DenseNet, body, threads: int | None, options: dict) -> "FastDenseNet":
+        # Copy every attribute of `dense` (the classifier, the per-patch tail, geometry...) with
+        # fresh registries, so that replacing the body here leaves `dense` untouched.
+        new = cls.__new__(cls)
+        new.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in dense.__dict__.items()})
+        new.body = body
+        new.body.training = dense.training
+        new.threads, new.options = threads, options
+        return new
+
+    def forward_valid(self, xp: torch.Tensor) -> torch.Tensor:
+        with num_threads(self.threads):
+            y = super().forward_valid(xp)
+        return y.contiguous()          # (N, K, H', W') NCHW, like the plain DenseNet
+
+    def extra_repr(self):
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{super().extra_repr()}, {opts}"
+
+
+def fast(dense: DenseNet, *, channels_last: bool = True, compile: bool = False, threads: int | None = None,
+         compile_options: dict | None = None) -> FastDenseNet:
+    """The fastest exact form of `dense` (a `fcnseg.densify` result) on this machine.
+
+    channels_last: run every map in NHWC (the big CPU win for pooled networks; on CUDA it
+        enables the tensor-core NHWC kernels).
+    compile: torch.compile the body (first call compiles for a few seconds to minutes; every
+        new input shape recompiles unless dynamic shapes are enabled in compile_options).
+    threads: intra-op threads during the forward pass (None: PyTorch's current setting).
+    """
+    if not isinstance(dense, DenseNet):
+        raise TypeError(f"fcnseg.engine.fast expects the DenseNet returned by fcnseg.densify, got "
+                        f"{type(dense).__name__}; call fast(fcnseg.densify(model))")
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be a positive count or None, got {threads}")
+    body = dense.body
+    if isinstance(body, torch.fx.GraphModule):
+        body = rewrite(body, channels_last=channels_last)
+    if compile:
+        body = torch.compile(body, **(compile_options or {}))
+    options = {"channels_last": channels_last, "compile": compile, "threads": threads}
+    return FastDenseNet.wrap(dense, body, threads, options)
+
+
+__all__ = ["fast", "FastDenseNet", "rewrite", "drop_identity_windows", "to_channels_last", "num_threads"]

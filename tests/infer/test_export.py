@@ -1,0 +1,58 @@
+"""Exported dense networks run without fcnseg and agree with PyTorch."""
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from fcnseg.infer import load_predictor
+from fcnseg.infer.export import export_model
+
+from .conftest import write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    ck = write_checkpoint(tmp_path_factory.mktemp("ck") / "toy.pt", pad_mode="reflect")
+    return load_predictor(ck, device="cpu", channels_last=False, output_stride=2)
+
+
+def reference(pred, x):
+    with torch.no_grad():
+        return pred.dense(x).numpy()
+
+
+def test_onnx_dynamic_size_matches_pytorch(predictor, tmp_path):
+    path, meta = export_model(predictor, tmp_path / "m.onnx", "onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for h, w in [(23, 45), (60, 31)]:  # neither is the trace size
+        x = torch.randn(2, 3, h, w)
+        out = sess.run(None, {"image": x.numpy()})[0]
+        ref = reference(predictor, x)
+        assert out.shape == ref.shape == (2, 5, -(-h // 2), -(-w // 2))
+        np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+    doc = json.loads(meta.read_text())
+    assert doc["mean"] == predictor.mean and doc["output_stride"] == 2
+    props = {p.key: p.value for p in __import__("onnx").load(str(path)).metadata_props}
+    assert json.loads(props["class_names"]) == predictor.class_names
+
+
+def test_onnx_fixed_size(predictor, tmp_path):
+    path, _ = export_model(predictor, tmp_path / "f.onnx", "onnx", height=32, width=40)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [d for d in sess.get_inputs()[0].shape] == [1, 3, 32, 40]
+    x = torch.randn(1, 3, 32, 40)
+    np.testing.assert_allclose(sess.run(None, {"image": x.numpy()})[0], reference(predictor, x),
+                               atol=1e-4, rtol=0)
+
+
+def test_torchscript_matches_pytorch_on_other_sizes(predictor, tmp_path):
+    path, _ = export_model(predictor, tmp_path / "m.ts", "torchscript")
+    files = {"fcnseg.json": ""}
+    ts = torch.jit.load(str(path), _extra_files=files)
+    assert json.loads(files["fcnseg.json"])["num_classes"] == 5
+    for h, w in [(23, 45), (50, 38)]:
+        x = torch.randn(1, 3, h, w)
+        out = ts(x).detach().numpy()
+        np.testing.assert_allclose(out, reference(predictor, x), atol=1e-4, rtol=0)

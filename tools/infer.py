@@ -1,0 +1,48 @@
+"""Label every image of a folder (or a file, or a glob) with a trained checkpoint.
+
+    python tools/infer.py checkpoint=best.pt input=photos/ output=labels/
+    python tools/infer.py checkpoint=best.pt input='slides/**/*.tif' output=out tile_size=1024
+    python tools/infer.py checkpoint=best.pt input=img.png output=out mode=patch region=[100,100,24,24]
+    torchrun --nproc_per_node=4 tools/infer.py checkpoint=best.pt input=big/ output=out device=cuda
+
+Configuration: conf/infer.yaml. Exit status 1 when any image failed (see
+output/summary.csv), 2 for unusable arguments. This file only turns the Hydra config
+into fcnseg.infer.InferenceSettings; the library never imports Hydra.
+"""
+import dataclasses
+import sys
+
+import hydra
+from hydra.utils import to_absolute_path
+from omegaconf import OmegaConf
+
+
+def settings_from(cfg):
+    from fcnseg.infer import InferenceSettings
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    known = {f.name for f in dataclasses.fields(InferenceSettings)}
+    unknown = sorted(set(plain) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; known: {sorted(known)}")
+    for key in ("checkpoint", "output"):
+        plain[key] = to_absolute_path(str(plain[key]))
+    plain["input"] = str(plain["input"])  # may be a glob: resolved by the library
+    return InferenceSettings(**plain)
+
+
+@hydra.main(config_path="../conf", config_name="infer", version_base=None)
+def main(cfg):
+    from fcnseg.infer import run_inference
+    from fcnseg.infer.paths import InputError
+    try:
+        result = run_inference(settings_from(cfg))
+    except (InputError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if result.failed:
+        print(f"{result.failed} image(s) failed; see the summary for each error", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
