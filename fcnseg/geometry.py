@@ -49,5 +49,7 @@ def _p(t) -> str:
 
 def build_geometry(conv, patch_size, in_channels, output_stride) -> Geometry:
     g = conv.out_geo
-    return Geometry(tuple(patch_size), in_channels, conv.num_classes, tuple(output_stride), g.rf, g.d, g.offset,
+    # global pooling (heads, squeeze-excitation) sees the whole patch and no more
+    rf = (min(g.rf[0], patch_size[0]), min(g.rf[1], patch_size[1]))
+    return Geometry(tuple(patch_size), in_channels, conv.num_classes, tuple(output_stride), rf, g.d, g.offset,
                     sum(l.flops_patch for l in conv.layers), sum(l.flops_dense for l in conv.layers), conv.layers)
