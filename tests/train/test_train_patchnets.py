@@ -1,0 +1,32 @@
+import torch
+
+import fcnseg
+import fcnseg.zoo
+import fcnseg.zoo.patchnets  # noqa: F401
+
+
+def test_membrane_net_is_the_classic_95x95_net():
+    m = fcnseg.zoo.create("membrane_net", 2, in_channels=1)
+    assert m.patch_size == (95, 95)  # computed by strip_padding, as in Ciresan et al.
+    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
+    assert [tuple(c.weight.shape) for c in convs] == [
+        (48, 1, 4, 4), (48, 48, 5, 5), (48, 48, 4, 4), (48, 48, 4, 4)]
+    fcs = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    assert [tuple(f.weight.shape) for f in fcs] == [(200, 48 * 3 * 3), (2, 200)]
+    assert m(torch.zeros(5, 1, 95, 95)).shape == (5, 2)
+
+
+def test_patchnet_patch_size_agrees_with_its_own_layer_walk():
+    m = fcnseg.zoo.create("patchnet", 7, in_channels=3, width_mult=0.5)
+    assert m.patch_size == (44, 44) == (fcnseg.zoo.spec("patchnet").input_size(),) * 2
+    assert m(torch.zeros(2, 3, 44, 44)).shape == (2, 7)
+
+
+def test_patchnet_dense_equals_patchwise_everywhere():
+    torch.manual_seed(0)
+    m = fcnseg.zoo.create("patchnet", 5, in_channels=1, width_mult=0.25).double().eval()
+    x = torch.randn(1, 1, 9, 12, dtype=torch.float64)
+    dense = fcnseg.densify(m, pad_mode="replicate")(x)
+    ref = fcnseg.patchwise(m, x, pad_mode="replicate")
+    assert dense.shape == (1, 5, 9, 12)
+    torch.testing.assert_close(dense, ref, rtol=1e-12, atol=1e-12)
