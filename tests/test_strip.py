@@ -69,6 +69,12 @@ def test_inception_concat_exact_after_strip():
     check_dense(valid, torch.randn(2, 3, 9, 8, dtype=torch.float64))
 
 
+def test_patch_size_survives_deepcopy():
+    import copy
+    valid, patch = fcnseg.strip_padding(TinyInception())
+    assert copy.deepcopy(valid).patch_size == patch
+
+
 def test_gradients_reach_the_original():
     model = TinyResNet().double()
     valid, _ = fcnseg.strip_padding(model)

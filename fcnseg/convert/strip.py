@@ -117,6 +117,9 @@ def strip_padding(model: nn.Module, *, in_channels: int | None = None):
                 _crop_branches(gm.graph, node, tensors)
     gm.recompile()
     gm.patch_size = find_patch_size(gm, c)
+    # GraphModule's deepcopy rebuilds the module and keeps only attributes listed here
+    key = getattr(torch.fx.graph_module, "_USER_PRESERVED_ATTRIBUTES_KEY", "_user_preserved_attributes")
+    gm.meta.setdefault(key, {})["patch_size"] = gm.patch_size
     return gm, gm.patch_size
 
 
