@@ -68,6 +68,7 @@ class DenseNet(nn.Module):
     def _run_tail(self, maps, ho, wo):
         """Gather each output pixel's features from the dense maps and finish it per patch."""
         n, s = maps[0].shape[0], self.output_stride
+        maps = [t.contiguous() for t in maps]              # advanced indexing is slow on strided maps
         m = torch.arange(ho * wo, device=maps[0].device)
         per_pixel = sum(t.shape[1] * g.hw[0] * g.hw[1] for t, g in zip(maps, self.boundary)) * n
         batch = max(1, self.tail_memory // (per_pixel * maps[0].element_size()))

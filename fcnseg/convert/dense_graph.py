@@ -309,7 +309,9 @@ class Converter:
         x, geo = self._spatial_in(node, layer)
         t1, dil, out = self._window(node, layer, x, geo)
         xn = self.env[x]
-        if layer.pool == "max":
+        if layer.kernel == (1, 1) and t1 == (1, 1) and layer.divisor in (None, 1):
+            y = xn           # a 1x1 window at stride 1 (adaptive pooling at its own size) is the identity
+        elif layer.pool == "max":
             y = self.graph.call_function(F.max_pool2d, (xn, layer.kernel, t1, 0, dil))
         elif dil == (1, 1):
             y = self.graph.call_function(F.avg_pool2d, (xn, layer.kernel, t1, 0, False, True, layer.divisor))

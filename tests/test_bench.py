@@ -1,0 +1,69 @@
+"""The benchmark compares methods that compute the same thing, and its report is built from its numbers."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import fcnseg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from bench_methods import (HandConversionError, HandDense, ShiftAndStitch, hand_convert,  # noqa: E402
+                           patch_batch_size, sample_pixels)
+
+
+def tiny_membrane():
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(3, 4, 2), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(4 * 3 * 3, 5), nn.ReLU(), nn.Linear(5, 2)).double().eval()
+    net.patch_size = (18, 18)
+    return net
+
+
+def test_hand_conversion_and_shift_and_stitch_equal_patchwise():
+    torch.manual_seed(0)
+    model = tiny_membrane()
+    x = torch.randn(1, 1, 13, 10, dtype=torch.float64)
+    ref = fcnseg.patchwise(model, x)
+    with torch.no_grad():
+        hand = HandDense(hand_convert(model, model.patch_size, 1), model.patch_size)(x)
+        stitched = ShiftAndStitch(model)(x)
+    assert ShiftAndStitch(model).s == (4, 4)
+    torch.testing.assert_close(hand, ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(stitched, ref, atol=1e-10, rtol=1e-10)
+
+
+def test_hand_conversion_refuses_what_stock_layers_cannot_do():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2, 2), nn.Flatten(), nn.Linear(2 * 2 * 2, 2))
+    with pytest.raises(HandConversionError, match="AvgPool2d has no dilation"):
+        hand_convert(net, (6, 6), 1)
+    padded = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 4 * 4, 2))
+    with pytest.raises(HandConversionError, match="padded"):
+        hand_convert(padded, (4, 4), 1)
+
+
+def test_sampling_helpers():
+    pix = sample_pixels(7, 5, 20, seed=1)
+    assert pix.shape == (20, 2) and len({tuple(p) for p in pix.tolist()}) == 20
+    assert pix[:, 0].max() < 7 and pix[:, 1].max() < 5
+    assert sample_pixels(3, 3, 100).shape == (9, 2)                      # never more than the image
+    assert patch_batch_size((95, 95), 1) == 256 and patch_batch_size((404, 404), 3) < 64
+
+
+@pytest.mark.slow
+def test_quick_run_writes_consistent_results(tmp_path):
+    import bench
+    result = bench.main(["--quick", "--out-dir", str(tmp_path), "--docs", str(tmp_path / "b.md")])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["nets"] and (tmp_path / "bench.png").stat().st_size > 10_000
+    for net in result["nets"]:
+        for run in net["runs"]:
+            f = run["forward"]
+            for key in ("engine_default", "engine_fast_nchw", "shift_stitch", "patch"):
+                assert f[key]["max_abs_diff"] < 1e-4, (net["name"], run["side"], key)
+            assert f["patch"]["time_s"] > f["engine_fast"]["time_s"]
+    text = (tmp_path / "b.md").read_text()
+    assert "ratios are measured within one run" in text and "membrane95" in text

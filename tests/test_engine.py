@@ -1,0 +1,162 @@
+"""The fast engine computes what patch-by-patch computes, forward and backward."""
+import pytest
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+import fcnseg
+from fcnseg import ops
+from fcnseg.engine import FastDenseNet, drop_identity_windows, fast, num_threads
+
+
+def membrane_like(c=1, width=4):
+    """The membrane net's shape in miniature: conv/max-pool pairs then an FC head on a 3x3 map."""
+    net = nn.Sequential(
+        nn.Conv2d(c, width, 3), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(width, width, 2), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(width * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 3))
+    net.patch_size = (18, 18)     # 18 -conv3-> 16 -pool-> 8 -conv2-> 7 -pool-> 3
+    return net
+
+
+def avgpool_net(c=3):
+    """LeNet-like: average pooling becomes a dilated depthwise sum in the dense network."""
+    net = nn.Sequential(
+        nn.Conv2d(c, 4, 3), nn.Tanh(), nn.AvgPool2d(2, 2),
+        nn.Conv2d(4, 5, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2))
+    net.patch_size = (10, 10)     # 10 -> 8 -> 4 -> 2 -> global average
+    return net
+
+
+def batchnorm_net(c=3):
+    """Conv -> BatchNorm (eval, non-trivial statistics) pairs: folded into one conv by the engine."""
+    net = nn.Sequential(
+        nn.Conv2d(c, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(4, 5, 3, bias=False), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 2 * 2, 2))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    net.patch_size = (10, 10)     # 10 -> 8 -> 4 -> 2, flattened 5 x 2 x 2
+    return net
+
+
+NETS = {"membrane_like": (membrane_like, 1), "avgpool": (avgpool_net, 3), "batchnorm": (batchnorm_net, 3)}
+
+
+def _inputs(name, dtype, h=11, w=9):
+    build, c = NETS[name]
+    torch.manual_seed(0)
+    model = build(c).to(dtype).eval()
+    x = torch.randn(2, c, h, w, dtype=dtype)
+    return model, x
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_fast_forward_equals_patchwise(name, dtype, tol):
+    model, x = _inputs(name, dtype)
+    ref = fcnseg.patchwise(model, x)
+    out = fast(fcnseg.densify(model))(x)
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+def test_fast_backward_equals_patch_training(name, dtype, tol):
+    """Masked per-pixel loss through the fast engine == loss over the same patches."""
+    model, x = _inputs(name, dtype)
+    pixels = torch.tensor([[0, 0], [5, 4], [10, 8], [3, 7]])
+    target = torch.tensor([1, 0, 1, 0])
+    out = fast(fcnseg.densify(model))(x[:1])                              # (1, K, H, W)
+    dense_loss = F.cross_entropy(out[0, :, pixels[:, 0], pixels[:, 1]].T, target, reduction="sum")
+    dense_grads = torch.autograd.grad(dense_loss, list(model.parameters()))
+    patches = fcnseg.crop_patches(x[:1], pixels, model.patch_size)
+    patch_loss = F.cross_entropy(model(patches).reshape(len(pixels), -1), target, reduction="sum")
+    patch_grads = torch.autograd.grad(patch_loss, list(model.parameters()))
+    torch.testing.assert_close(dense_loss, patch_loss, atol=tol, rtol=tol)
+    for g_dense, g_patch in zip(dense_grads, patch_grads):
+        torch.testing.assert_close(g_dense, g_patch, atol=tol, rtol=tol)
+
+
+def test_every_map_is_channels_last():
+    model, x = _inputs("membrane_like", torch.float32)
+    body = fast(fcnseg.densify(model)).body
+    seen = []
+
+    class Check(torch.fx.Interpreter):
+        def run_node(self, node):
+            result = super().run_node(node)
+            # skip weights and the raw output of a conv on a 1-channel map (converted right after)
+            if node.op == "call_module" or (node.op == "call_function" and node.target is F.max_pool2d):
+                seen.append(node.name)
+                assert result.is_contiguous(memory_format=torch.channels_last), node.name
+            return result
+
+    Check(body).run(fcnseg.densify(model).pad(x))
+    assert len(seen) == 5          # 3 ReLUs and 2 max pools were checked
+
+
+def test_identity_windows_are_dropped_and_real_ones_kept():
+    def f(x):
+        x = ops.avg_pool2d_dilated(x, (1, 1), (1, 1), (16, 16), None)   # a copy
+        x = F.max_pool2d(x, (1, 1), (1, 1), 0, (4, 4))                  # a copy
+        return ops.avg_pool2d_dilated(x, (2, 2), (1, 1), (2, 2), None)   # real
+    gm = torch.fx.symbolic_trace(f)
+    assert drop_identity_windows(gm) == 2
+    gm.recompile()
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert targets == [ops.avg_pool2d_dilated]
+    x = torch.randn(1, 2, 7, 7)
+    torch.testing.assert_close(gm(x), f(x))
+
+
+def test_batchnorm_is_folded_and_the_plain_dense_net_untouched():
+    model, x = _inputs("batchnorm", torch.float64)
+    dense = fcnseg.densify(model)
+    before = dense.body.code
+    engine = fast(dense)
+    bn_calls = [n for n in engine.body.graph.nodes if n.op == "call_module"
+                and isinstance(engine.body.get_submodule(n.target), nn.BatchNorm2d)]
+    assert bn_calls == []                                                 # both norms were folded
+    assert dense.body.code == before and dense.body is not engine.body
+    torch.testing.assert_close(dense(x), engine(x), atol=1e-10, rtol=1e-10)
+
+
+def test_shares_parameters_and_modes():
+    model, x = _inputs("membrane_like", torch.float32)
+    dense = fast(fcnseg.densify(model))
+    assert isinstance(dense, FastDenseNet)
+    assert {id(p) for p in dense.parameters()} == {id(p) for p in model.parameters()}
+    with torch.no_grad():
+        model[-1].bias += 1.0                                               # a change to the classifier...
+    torch.testing.assert_close(dense(x), fcnseg.patchwise(model, x), atol=1e-4, rtol=1e-4)  # ...is seen
+
+
+def test_threads_setting_is_restored_and_checked():
+    model, x = _inputs("avgpool", torch.float32)
+    before = torch.get_num_threads()
+    dense = fast(fcnseg.densify(model), threads=1)
+    dense(x)
+    assert torch.get_num_threads() == before
+    with num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        fast(fcnseg.densify(model), threads=0)
+
+
+def test_refuses_a_plain_module():
+    with pytest.raises(TypeError, match="fcnseg.densify"):
+        fast(membrane_like())
+
+
+def test_nchw_option_still_exact():
+    model, x = _inputs("membrane_like", torch.float64)
+    out = fast(fcnseg.densify(model), channels_last=False)(x)
+    torch.testing.assert_close(out, fcnseg.patchwise(model, x), atol=1e-10, rtol=1e-10)

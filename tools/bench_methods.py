@@ -1,0 +1,223 @@
+"""The ways of computing the same per-pixel output that the benchmark compares.
+
+- patch-by-patch: crop every pixel's patch, classify them in batches (fcnseg.patchwise);
+- hand conversion: what a user writes without fcnseg: every stride set to 1, dilation equal
+  to the cumulative stride on convolutions and max pools, Linear layers as convolutions, NCHW;
+- shift-and-stitch (FCN / OverFeat): the strided fully convolutional network run on every
+  shift of the input (s*s shifts for output stride s), outputs interleaved;
+- fcnseg's engine: fcnseg.densify, and fcnseg.engine.fast on top of it.
+All of them produce (N, K, H, W) scores equal to patch-by-patch at every pixel.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fcnseg
+
+POINTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Dropout, nn.Identity,
+             nn.BatchNorm2d, nn.BatchNorm1d, nn.Softmax, nn.LogSoftmax,
+             nn.LocalResponseNorm)                    # cross-channel: pointwise in space
+
+
+# ---- networks -------------------------------------------------------------------------------
+
+def _membrane_local(num_classes: int = 2) -> nn.Module:
+    """Ciresan et al. 2012 membrane patch net, used only if the zoo does not provide it."""
+    layers, c = [], 1
+    for k in (4, 5, 4, 4):
+        layers += [nn.Conv2d(c, 48, k), nn.ReLU(), nn.MaxPool2d(2, 2)]
+        c = 48
+    net = nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(48 * 3 * 3, 200), nn.ReLU(),
+                        nn.Linear(200, num_classes))
+    side = 3
+    for m in reversed(layers):                   # walk back from the 3x3 map the head reads
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            s = m.stride if isinstance(m.stride, int) else m.stride[0]
+            side = (side - 1) * s + k
+    net.patch_size = (side, side)                # 95
+    return net
+
+
+def build_network(name: str, width: float) -> tuple[nn.Module, int, str]:
+    """(model in eval mode, input channels, where it came from)."""
+    from fcnseg import zoo
+    if name == "membrane95":
+        try:
+            importlib.import_module("fcnseg.zoo.patchnets")     # registers the patch nets
+        except ImportError:
+            pass
+        for zoo_name in ("membrane95", "membrane_net"):
+            if zoo_name in zoo.names():
+                # the net has no padding: the zoo builder is already the valid patch classifier
+                return zoo.spec(zoo_name).build(2, 1, width).eval(), 1, f"fcnseg.zoo '{zoo_name}'"
+        return _membrane_local().eval(), 1, "defined in tools/bench_methods.py"
+    model = zoo.create(name, num_classes=2, in_channels=3, width_mult=width, padding="valid")
+    fcnseg.freeze_batchnorm(model)
+    return model.eval(), 3, "fcnseg.zoo"
+
+
+# ---- hand conversion --------------------------------------------------------------------------
+
+class HandConversionError(ValueError):
+    pass
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _run_chain(leaves, h):
+    """Apply the leaf layers in order, flattening before the first Linear (torch.flatten in forward)."""
+    for m in leaves:
+        if isinstance(m, nn.Linear) and h.dim() > 2:
+            h = h.flatten(1)
+        h = m(h)
+    return h
+
+
+def hand_convert(model: nn.Module, patch_size, in_channels: int) -> nn.Sequential:
+    """Strides to 1, dilation = cumulative stride, Linear -> conv; only for a plain layer chain.
+
+    Raises HandConversionError where a user could not do it with stock layers (average
+    pooling has no dilation argument, branches, padding).
+    """
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    p = next(model.parameters())
+    x = torch.randn(1, in_channels, *patch_size, dtype=p.dtype, device=p.device)
+    with torch.no_grad():
+        try:
+            same = torch.allclose(_run_chain(leaves, x).reshape(-1), model(x).reshape(-1))
+        except RuntimeError:
+            same = False
+    if not same:
+        raise HandConversionError("not a plain chain of layers (branches or functional calls)")
+    out, d, h = [], (1, 1), x
+    for m in leaves:
+        if isinstance(m, nn.Conv2d):
+            if any(_pair(m.padding)) or m.padding_mode != "zeros":
+                raise HandConversionError("padded convolution")
+            conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, 1, 0,
+                             tuple(d[i] * m.dilation[i] for i in range(2)), m.groups, m.bias is not None)
+            conv.weight, conv.bias = m.weight, m.bias          # shared parameters
+            out.append(conv)
+            d = tuple(d[i] * m.stride[i] for i in range(2))
+        elif isinstance(m, nn.MaxPool2d):
+            if any(_pair(m.padding)) or m.ceil_mode:
+                raise HandConversionError("padded or ceil-mode max pooling")
+            k, s = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
+            out.append(nn.MaxPool2d(k, 1, 0, tuple(d[i] * _pair(m.dilation)[i] for i in range(2))))
+            d = tuple(d[i] * s[i] for i in range(2))
+        elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            if tuple(m(h).shape[-2:]) != tuple(h.shape[-2:]):
+                raise HandConversionError("adaptive pooling that pools (nn.AvgPool2d has no dilation)")
+        elif isinstance(m, nn.AvgPool2d):
+            raise HandConversionError("average pooling (nn.AvgPool2d has no dilation argument)")
+        elif isinstance(m, nn.Linear):
+            c, hh, ww = tuple(h.shape[1:]) if h.dim() == 4 else (m.in_features, 1, 1)
+            conv = nn.Conv2d(c, m.out_features, (hh, ww), 1, 0, d, 1, m.bias is not None)
+            # the FC weight reshaped (a view of the same storage), as a user would write it
+            conv.weight = nn.Parameter(m.weight.detach().view(m.out_features, c, hh, ww))
+            conv.bias = m.bias
+            out.append(conv)
+        elif isinstance(m, POINTWISE):
+            out.append(m)
+        elif not isinstance(m, nn.Flatten):
+            raise HandConversionError(f"layer {type(m).__name__}")
+        if isinstance(m, nn.Flatten):
+            continue                                  # keep the map: the next Linear reads its shape
+        with torch.no_grad():
+            h = m(h.flatten(1) if isinstance(m, nn.Linear) and h.dim() > 2 else h)
+            if h.dim() == 2:
+                h = h[:, :, None, None]               # keep (N, C, 1, 1) so the next Linear sees a map
+    return nn.Sequential(*out)
+
+
+class HandDense(nn.Module):
+    """The user's converted network with the same input padding and output size as fcnseg."""
+
+    def __init__(self, body: nn.Sequential, patch_size):
+        super().__init__()
+        self.body, self.patch_size = body, tuple(patch_size)
+
+    def forward(self, x):
+        p, q = self.patch_size
+        xp = F.pad(x, ((q - 1) // 2, q // 2, (p - 1) // 2, p // 2))
+        return self.body(xp)[..., : x.shape[-2], : x.shape[-1]]
+
+
+# ---- shift-and-stitch -------------------------------------------------------------------------
+
+class ShiftAndStitch:
+    """The strided FCN on every shift of the padded input, interleaved into a full-resolution map.
+
+    The strided FCN is the classifier with its FC layers as convolutions and all its strides
+    kept (fcnseg.densify with output_stride = total stride: no dilation anywhere), in the fast
+    engine's channels_last layout.
+    """
+
+    def __init__(self, model: nn.Module):
+        from fcnseg.engine import fast
+        stride = fcnseg.geometry(model).total_stride
+        self.s = stride
+        # the same layout optimisations as the fast engine, so that the comparison is of methods
+        self.fcn = fast(fcnseg.densify(model, output_stride=stride))
+
+    @property
+    def shifts(self) -> list[tuple[int, int]]:
+        return [(a, b) for a in range(self.s[0]) for b in range(self.s[1])]
+
+    def run_shifts(self, x, shifts, out=None):
+        """Fill out[..., a::s, b::s] for the given shifts; returns out (N, K, H, W)."""
+        xp = self.fcn.pad(x)
+        h, w = x.shape[-2:]
+        for a, b in shifts:
+            if a >= h or b >= w:
+                continue
+            y = self.fcn.forward_valid(xp[..., a:, b:])           # (N, K, ceil((H-a)/s), ...)
+            if out is None:
+                out = y.new_zeros(x.shape[0], y.shape[1], h, w)
+            rows, cols = len(range(a, h, self.s[0])), len(range(b, w, self.s[1]))
+            out[..., a :: self.s[0], b :: self.s[1]] = y[..., :rows, :cols]
+        return out
+
+    def __call__(self, x):
+        return self.run_shifts(x, self.shifts)
+
+
+# ---- patch-by-patch and training steps ------------------------------------------------------------
+
+def patch_batch_size(patch_size, in_channels) -> int:
+    """Large batches until a batch of input patches reaches ~32 MB (activations are many times that)."""
+    per = in_channels * patch_size[0] * patch_size[1] * 4
+    return int(max(8, min(256, 2 ** math.floor(math.log2(max(1, 32 * 2 ** 20 // per))))))
+
+
+def sample_pixels(h: int, w: int, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randperm(h * w, generator=g)[: min(n, h * w)]
+    return torch.stack([flat // w, flat % w], 1)
+
+
+def dense_train_step(dense, model, x, pixels, target):
+    """Masked per-pixel loss over `pixels` through the dense network, then backward."""
+    out = dense(x)                                                   # (1, K, H, W)
+    loss = F.cross_entropy(out[0, :, pixels[:, 0], pixels[:, 1]].T, target, reduction="sum")
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def patch_train_step(model, x, pixels, target, batch_size):
+    """The same loss summed over the same pixels' patches, batch by batch (gradients accumulate)."""
+    p = model.patch_size
+    xp = fcnseg.ops.pad_image(x, p)
+    for i in range(0, len(pixels), batch_size):
+        chunk = pixels[i : i + batch_size]
+        scores = model(fcnseg.crop_patches(x, chunk, p, padded=xp)).reshape(len(chunk), -1)
+        F.cross_entropy(scores, target[i : i + batch_size], reduction="sum").backward()
+    model.zero_grad(set_to_none=True)
