@@ -1,6 +1,6 @@
 """Build the "Fashion-MNIST scenes" demo dataset that ships in data/fashion_scenes.
 
-Each scene is a gray canvas with 2-4 Fashion-MNIST items pasted at random scale and position
+Each scene is a gray canvas with 2-3 Fashion-MNIST items pasted at random scale and position
 over a smooth, cluttered background; later items lie on top of earlier ones, but every item keeps
 most of its pixels visible. Every garment pixel is labelled with its item's class (1..10), the rest
 is background (0). Because background clutter and garments share intensities, and because
@@ -128,8 +128,8 @@ def _format_meta(meta: dict) -> str:
 
 
 def build(source: Path, out: Path, n_train: int, n_val: int, size: int, seed: int,
-          min_items: int = 2, max_items: int = 4, scale: tuple[float, float] = (0.8, 1.6),
-          threshold: int = 20, min_visible: float = 0.6) -> dict:
+          min_items: int = 2, max_items: int = 3, scale: tuple[float, float] = (1.0, 1.6),
+          threshold: int = 20, min_visible: float = 0.8) -> dict:
     if size < int(np.ceil(28 * scale[1])):
         raise SystemExit(f"--size {size} is smaller than the largest item ({int(np.ceil(28 * scale[1]))} px)")
     if out.exists():
@@ -176,10 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=96, help="canvas side in pixels")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--min-items", type=int, default=2)
-    ap.add_argument("--max-items", type=int, default=4)
-    ap.add_argument("--min-scale", type=float, default=0.8, help="smallest item size, as a multiple of 28 px")
+    ap.add_argument("--max-items", type=int, default=3)
+    ap.add_argument("--min-scale", type=float, default=1.0, help="smallest item size, as a multiple of 28 px")
     ap.add_argument("--max-scale", type=float, default=1.6, help="largest item size, as a multiple of 28 px")
-    ap.add_argument("--min-visible", type=float, default=0.6,
+    ap.add_argument("--min-visible", type=float, default=0.8,
                     help="fraction of each item's pixels that later items may not cover")
     args = ap.parse_args(argv)
     info = build(args.source, args.out, args.n_train, args.n_val, args.size, args.seed,

@@ -18,8 +18,15 @@ def test_membrane_net_is_the_classic_95x95_net():
 
 def test_patchnet_patch_size_agrees_with_its_own_layer_walk():
     m = fcnseg.zoo.create("patchnet", 7, in_channels=3, width_mult=0.5)
-    assert m.patch_size == (44, 44) == (fcnseg.zoo.spec("patchnet").input_size(),) * 2
-    assert m(torch.zeros(2, 3, 44, 44)).shape == (2, 7)
+    p = m.patch_size[0]
+    assert m.patch_size == (p, p) == (fcnseg.zoo.spec("patchnet").input_size(),) * 2
+    assert m(torch.zeros(2, 3, p, p)).shape == (2, 7)
+    features = fcnseg.zoo.spec("patchnet").build(num_classes=7, in_channels=3, width_mult=0.5)[0]
+    # the FC head reads exactly a 3x3 map at the patch size; one pixel less cannot fill it
+    assert features(torch.zeros(1, 3, p, p)).shape[-2:] == (3, 3)
+    assert features(torch.zeros(1, 3, p - 1, p - 1)).shape[-1] < 3
+    # the demo's garments are up to 45 px: a pixel at a garment's edge must see most of it
+    assert p >= 80
 
 
 def test_patchnet_dense_equals_patchwise_everywhere():

@@ -8,6 +8,7 @@ import torch
 import fcnseg
 import fcnseg.train
 import fcnseg.train.loop as loop
+import fcnseg.zoo
 from fcnseg.data import DatasetError, build_dataset
 from fcnseg.train import evaluate, load_checkpoint, model_from_checkpoint
 
@@ -37,7 +38,8 @@ def test_run_writes_metrics_reports_and_checkpoints(dense_run):
     assert rows[0].startswith("epoch,train_loss,val_miou") and len(rows) == 3
     raw = torch.load(out / "last.pt", weights_only=True)  # no pickled code in checkpoints
     assert CKPT_KEYS <= set(raw) and raw["epoch"] == 2 and raw["step"] == 0
-    assert raw["patch_size"] == [44, 44] and raw["pad_mode"] == "replicate"
+    side = fcnseg.zoo.spec("patchnet").input_size()  # the default model's computed patch
+    assert raw["patch_size"] == [side, side] and raw["pad_mode"] == "replicate"
     assert raw["class_names"] == ["background", "square", "disc"] and raw["in_channels"] == 1
     assert not list(out.glob(".*.tmp*"))  # atomic writes leave no temporaries
 
