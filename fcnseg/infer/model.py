@@ -89,6 +89,7 @@ def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", outpu
     at the requested output stride (1: every pixel).
     """
     import fcnseg
+    import fcnseg.engine
     from fcnseg.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -110,8 +111,12 @@ def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", outpu
         raise ValueError(f"checkpoint {checkpoint} holds an already dense network (no patch size): "
                          f"output_stride={output_stride} applies only to patch classifiers")
     if channels_last and dev.type in ("cpu", "cuda"):
-        # 2-4x faster dilated convolutions and pooling on CPU (docs/inference.md)
-        (dense if dense is not None else model).to(memory_format=torch.channels_last)
+        # 2-4x faster dilated convolutions and pooling on CPU (docs/inference.md); the fast engine
+        # keeps every map NHWC, even after a 1-channel input (docs/benchmarks.md)
+        if dense is not None:
+            dense = fcnseg.engine.fast(dense).eval()
+        else:
+            model.to(memory_format=torch.channels_last)
     K = int(info["num_classes"])
     return Predictor(model=model, dense=dense, device=dev, in_channels=int(info["in_channels"]),
                      num_classes=K, mean=list(info["mean"]), std=list(info["std"]),
