@@ -71,8 +71,9 @@ def patchwise(model: nn.Module, x: torch.Tensor, patch_size=None, *, pad_mode="c
     idx = pixel_index(pixels, h, w, x.device)
     xp = pad_image(x, (p, q), pad_mode, pad_value)
     out = None
-    for start in range(0, len(idx), max(1, batch_size // max(n, 1))):
-        chunk = idx[start : start + max(1, batch_size // max(n, 1))]
+    step = max(1, batch_size // max(n, 1))             # pixels per batch: n patches each
+    for start in range(0, len(idx), step):
+        chunk = idx[start : start + step]
         scores = model(crop_patches(x, chunk, (p, q), padded=xp))
         scores = scores.reshape(n, len(chunk), -1)                         # (N, M, K)
         if out is None:

@@ -2,7 +2,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import fcnseg
 from test_densify import K, ResidualConcat, alexnet_like

@@ -18,7 +18,6 @@ from .errors import ConversionError, PatchSizeError
 from .layers import describe
 from .trace import HeadMismatch, infer_in_channels, patch_values, trace
 
-_PADDED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 _PAD_ARG = {"conv": (4, "padding"), "pool": (3, "padding")}
 _MAX_PATCH = 4096
 

@@ -19,7 +19,6 @@ accurate: 221; CNN-S: 233).
   max 3/2, conv3 384, conv4 384, conv5 256 (3x3 pad 1), max 3/2, fc 4096, 4096.
 - overfeat_fast / overfeat_accurate: Sermanet et al. 2014, Tables 1 and 3 (no LRN).
 """
-import torch.nn as nn
 import torchvision
 
 from . import register

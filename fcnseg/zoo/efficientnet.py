@@ -5,7 +5,6 @@ dense network stays exact.
 """
 import torchvision.models as tvm
 
-from . import register
 from .resnet import torchvision_builder
 
 torchvision_builder("efficientnet_b0", tvm.efficientnet_b0, tvm.EfficientNet_B0_Weights.IMAGENET1K_V1)
