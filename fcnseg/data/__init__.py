@@ -8,12 +8,11 @@ from .errors import DatasetError, ImageReadError
 from .io import (
     IMAGE_EXTENSIONS, apply_orientation, normalize, prepare_image, read_image, read_mask, to_channels, to_float,
 )
-from .palette import colorize, default_palette
 
 __all__ = [
     "ADE20KDataset", "CityscapesDataset", "DATASETS", "DatasetError", "DatasetReport", "FolderDataset",
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageReadError", "Sample", "SegmentationDataset",
-    "VOCDataset", "apply_orientation", "build_dataset", "colorize", "compute_mean_std", "default_mean_std",
-    "default_palette", "normalize", "prepare_image", "read_image", "read_mask", "to_channels", "to_float",
+    "VOCDataset", "apply_orientation", "build_dataset", "compute_mean_std", "default_mean_std",
+    "normalize", "prepare_image", "read_image", "read_mask", "to_channels", "to_float",
     "validate_dataset",
 ]

@@ -9,9 +9,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fcnseg.runtime import default_palette
+
 from .base import IMAGENET_MEAN, IMAGENET_STD, Sample, SegmentationDataset, check_masks_exist, require_dir
 from .errors import DatasetError
-from .palette import default_palette
 
 # objectInfo150 names, in label order (label k + 1 in the files).
 ADE20K_CLASSES = (

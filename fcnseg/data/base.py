@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fcnseg.runtime import default_palette
+
 from .errors import DatasetError
 from .io import normalize, read_image, read_mask, to_channels, to_float
-from .palette import default_palette
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from fcnseg.runtime import default_palette
+
 from .base import IMAGENET_MEAN, IMAGENET_STD, Sample, SegmentationDataset, check_masks_exist
 from .errors import DatasetError
-from .palette import default_palette
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

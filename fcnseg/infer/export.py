@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import atomic_path, write_text_atomic
+from fcnseg.runtime import atomic_path, write_text_atomic
 from .model import Predictor
 
 FORMATS = ("onnx", "torchscript")

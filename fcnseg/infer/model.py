@@ -10,23 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg import runtime
 from fcnseg.data.io import normalize, to_channels, to_float
+from fcnseg.models import load_checkpoint, model_from_checkpoint
 
-from .outputs import resolve_palette
 from .tiling import Prediction, label_dtype
-
-
-def pick_device(pref: str) -> torch.device:
-    """auto: CUDA when present (this rank's LOCAL_RANK device under torchrun), else CPU."""
-    if pref not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {pref!r}")
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but torch sees no CUDA device; use device=cpu or device=auto")
-    if pref != "cpu" and torch.cuda.is_available():
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-        return dev
-    return torch.device("cpu")
 
 
 @dataclass
@@ -66,7 +54,6 @@ def predict_whole(pred: Predictor, raw: np.ndarray, *, amp: bool = False,
     """An already dense network (smp) on the whole image: padded at the bottom/right
     (replicate) to a multiple of its encoder stride, then cropped. Not tiled: such a
     network pads inside, so tiles would not reproduce the whole-image result."""
-    from .tiling import autocast_context
     x = pred.transform(raw)[None]  # (1, C, H, W)
     H, W = x.shape[2:]
     m = _stride_of(pred.model)
@@ -75,7 +62,7 @@ def predict_whole(pred: Predictor, raw: np.ndarray, *, amp: bool = False,
     x = x.to(p.device, p.dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast_context(p.device, amp):
+    with torch.inference_mode(), runtime.autocast(p.device, runtime.amp_dtype(p.device, amp)):
         out = pred.model(x)[0, :, :H, :W]
     labels = out.argmax(0).to("cpu", label_dtype(out.shape[0]))
     return Prediction(labels, out.float().cpu(), 1)
@@ -89,12 +76,12 @@ def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", outpu
     at the requested output stride (1: every pixel).
     """
     import fcnseg
-    import fcnseg.engine
-    from fcnseg.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     model, info = model_from_checkpoint(ckpt)
-    dev = pick_device(device)
+    dev = runtime.pick_device(device)  # under torchrun "auto"/"cuda" is this rank's GPU
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     model = model.to(dev, dtype).eval()
     missing = [k for k in ("in_channels", "num_classes", "mean", "std") if info.get(k) is None]
     if missing:
@@ -105,22 +92,20 @@ def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", outpu
     patch = info.get("patch_size")
     dense = None
     if patch is not None:
+        # channels_last: 2-4x faster dilated convolutions and pooling on CPU (docs/inference.md);
+        # the optimised dense network keeps every map NHWC, even after a 1-channel input
         dense = fcnseg.densify(model, tuple(patch), output_stride=output_stride,
-                               pad_mode=pad_mode, pad_value=pad_value).eval()
+                               pad_mode=pad_mode, pad_value=pad_value,
+                               optimize=fcnseg.Optimizations(channels_last=bool(channels_last))).eval()
     elif output_stride != 1:
         raise ValueError(f"checkpoint {checkpoint} holds an already dense network (no patch size): "
                          f"output_stride={output_stride} applies only to patch classifiers")
-    if channels_last and dev.type in ("cpu", "cuda"):
-        # 2-4x faster dilated convolutions and pooling on CPU (docs/inference.md); the fast engine
-        # keeps every map NHWC, even after a 1-channel input (docs/benchmarks.md)
-        if dense is not None:
-            dense = fcnseg.engine.fast(dense).eval()
-        else:
-            model.to(memory_format=torch.channels_last)
+    if channels_last and dense is None and dev.type in ("cpu", "cuda"):
+        model.to(memory_format=torch.channels_last)
     K = int(info["num_classes"])
     return Predictor(model=model, dense=dense, device=dev, in_channels=int(info["in_channels"]),
                      num_classes=K, mean=list(info["mean"]), std=list(info["std"]),
-                     palette=resolve_palette(info.get("palette"), K),
+                     palette=runtime.resolve_palette(info.get("palette"), K),
                      class_names=info.get("class_names"),
                      patch_size=tuple(patch) if patch is not None else None,
                      pad_mode=pad_mode, pad_value=pad_value, output_stride=int(output_stride),

@@ -9,9 +9,7 @@ import torch
 from PIL import Image
 
 from fcnseg.data.io import to_channels
-from fcnseg.data.palette import default_palette
-
-from .atomic import atomic_path
+from fcnseg.runtime import atomic_path, colorize
 
 
 def to_image_size(labels: np.ndarray, height: int, width: int, stride: int) -> np.ndarray:
@@ -23,15 +21,6 @@ def to_image_size(labels: np.ndarray, height: int, width: int, stride: int) -> n
     rows = np.minimum((np.arange(height) + stride // 2) // stride, labels.shape[0] - 1)
     cols = np.minimum((np.arange(width) + stride // 2) // stride, labels.shape[1] - 1)
     return labels[rows][:, cols]
-
-
-def resolve_palette(palette: Sequence[Sequence[int]] | None, num_classes: int) -> list[list[int]]:
-    if palette is None:
-        return default_palette(num_classes)
-    pal = [list(map(int, c)) for c in palette]
-    if len(pal) < num_classes:
-        pal += default_palette(num_classes)[len(pal):]
-    return pal
 
 
 def save_labels(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
@@ -60,8 +49,7 @@ def save_overlay(path: Path, image: np.ndarray, labels: np.ndarray,
                  palette: Sequence[Sequence[int]], alpha: float = 0.5) -> None:
     """The image with the class colours blended in (alpha = weight of the colours)."""
     base = display_rgb(image).astype(np.float32)
-    lut = np.asarray(palette, np.uint8).reshape(-1, 3)  # (K, 3)
-    colours = lut[np.asarray(labels, np.int64)].astype(np.float32)  # (H, W, 3)
+    colours = colorize(labels, palette, ignore_index=None).astype(np.float32)  # (H, W, 3)
     out = np.rint((1 - alpha) * base + alpha * colours).clip(0, 255).astype(np.uint8)
     with atomic_path(path) as tmp:
         Image.fromarray(out).save(tmp, format="PNG")

@@ -15,17 +15,17 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from fcnseg import runtime
 from fcnseg.data.io import read_image
+from fcnseg.runtime import remove_stale_temps
 
 from . import summary as summ
-from .atomic import remove_stale_temps
 from .model import Predictor, load_predictor, predict_whole
 from .outputs import ScoresFile, save_labels, save_overlay, save_scores, to_image_size
 from .paths import InputError, InputFile, check_output_path, find_collisions, find_inputs
@@ -43,14 +43,14 @@ class InferenceSettings:
     tile_size: int | None = None          # image pixels per tile side; None: from memory_mb; <=0: untiled
     memory_mb: float = 2048.0             # budget for one forward pass when tile_size is None
     overwrite: bool = False
-    device: str = "auto"                  # auto | cpu | cuda
+    device: str = "auto"                  # auto | cpu | cuda | cuda:<index>
     batch_size: int = 8                   # small images (or tiles) per forward pass
     save_overlay: bool = False
     save_scores: bool = False             # float16 (K, H/s, W/s) .npy
     mode: str = "dense"                   # dense | patch (check against the patch-by-patch reference)
     region: Sequence[int] | None = None   # patch mode: (top, left, height, width); None: centre 32x32
     output_stride: int = 1
-    amp: bool = True                      # float16 autocast, CUDA only
+    amp: bool = True                      # mixed precision on CUDA (bf16 where supported, else fp16)
     channels_last: bool = True
     summary: Sequence[str] = ("csv", "json")
     overlay_alpha: float = 0.5
@@ -110,7 +110,7 @@ class _Run:
         self.pending: dict[tuple[int, int], list[tuple[_Job, torch.Tensor]]] = {}
         self.kinds = ["labels"] + (["overlay"] if cfg.save_overlay else []) + \
                      (["scores"] if cfg.save_scores else [])
-        self.amp = bool(cfg.amp) and pred.device.type == "cuda"
+        self.amp = bool(cfg.amp)  # runtime.amp_dtype: full precision on the CPU whatever this says
         self.n_total = 0
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -287,23 +287,6 @@ class _Run:
             self._fail(job, e, time.perf_counter() - t0)
 
 
-def dist_env() -> tuple[int, int]:
-    """(rank, world_size) from torchrun's environment; (0, 1) without it."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if not 0 <= rank < world:
-        raise RuntimeError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
-    return rank, world
-
-
-def _barrier(timeout_s: float) -> None:
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        # gloo whatever the device: the barrier moves no tensors worth a GPU
-        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-    dist.barrier()
-
-
 def resolve_tile_size(cfg: InferenceSettings, pred: Predictor) -> int | None:
     if pred.dense is None:
         return None
@@ -311,7 +294,7 @@ def resolve_tile_size(cfg: InferenceSettings, pred: Predictor) -> int | None:
         return int(cfg.tile_size)
     # batch_size windows per pass (small images or tiles of a large one) share the budget
     return auto_tile_size(pred.dense, pred.in_channels, cfg.memory_mb, batch_size=cfg.batch_size,
-                          amp=bool(cfg.amp) and pred.device.type == "cuda",
+                          amp=bool(cfg.amp),
                           channels_last=cfg.channels_last)
 
 
@@ -321,9 +304,9 @@ def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
     cfg.validate()
     out_dir = Path(os.path.abspath(cfg.output))
     root, items = find_inputs(cfg.input, out_dir)
-    rank, world = dist_env()
+    rank, world, _ = runtime.dist_env()
     clash = find_collisions(items)
-    mine = items[rank::world]
+    mine = [items[i] for i in runtime.shard(len(items), rank, world)]
     out_dir.mkdir(parents=True, exist_ok=True)
     pred = predictor or load_predictor(cfg.checkpoint, device=cfg.device,
                                        output_stride=cfg.output_stride,
@@ -343,7 +326,7 @@ def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
     rows = run.rows
     if world > 1:
         summ.write_partial(out_dir, rank, rows)
-        _barrier(cfg.dist_timeout_s)
+        runtime.barrier(cfg.dist_timeout_s)
         if rank != 0:
             return RunResult(rows, [], tile)
         rows = summ.merge_partials(out_dir, world)

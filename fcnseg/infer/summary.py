@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from .atomic import write_text_atomic
+from fcnseg.runtime import write_text_atomic
 
 COLUMNS = ["file", "output", "height", "width", "seconds", "status", "error"]
 STATUSES = ("ok", "skipped", "failed")

@@ -17,7 +17,6 @@ so converting a window equals cropping the converted image.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from fcnseg import runtime
 
 PAD_MODES = ("constant", "reflect", "replicate")
 
@@ -227,21 +228,15 @@ def _param_dtype_device(dense: nn.Module):
     return torch.float32, torch.device("cpu")
 
 
-def autocast_context(device: torch.device, amp: bool):
-    """Mixed precision on CUDA only: on CPU it is slower and buys nothing here."""
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def forward_windows(dense: nn.Module, batch: torch.Tensor, *, amp: bool = False,
                     channels_last: bool = False) -> torch.Tensor:
-    """dense.forward_valid on a batch of padded windows (B, C, h, w) -> (B, K, h', w')."""
+    """dense.forward_valid on a batch of padded windows (B, C, h, w) -> (B, K, h', w');
+    amp: mixed precision by the project's one rule (runtime.amp_dtype: CUDA only)."""
     dtype, device = _param_dtype_device(dense)
     batch = batch.to(device=device, dtype=dtype, non_blocking=True)
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), autocast_context(device, amp):
+    with torch.inference_mode(), runtime.autocast(device, runtime.amp_dtype(device, amp)):
         return dense.forward_valid(batch)
 
 

@@ -1,4 +1,5 @@
-"""Plain-dict settings -> training objects (model, optimiser, schedule, augmentation).
+"""Plain-dict settings -> training objects (optimiser, schedule, augmentation); the model
+comes from fcnseg.models.
 
 The dicts are what tools/train.py gets from its Hydra config (OmegaConf.to_container);
 the library reads no config files. Every choice is an explicit name checked here.
@@ -6,28 +7,6 @@ the library reads no config files. Every choice is an explicit name checked here
 import math
 
 import torch
-
-
-def model_spec(model_cfg, num_classes, in_channels):
-    """The recipe stored in checkpoints: {builder, name, kwargs} rebuilds the network."""
-    builder, name = model_cfg["builder"], model_cfg["name"]
-    kwargs = dict(model_cfg.get("kwargs") or {})
-    if builder == "zoo":
-        kwargs.update(num_classes=num_classes, in_channels=in_channels)
-    elif builder == "smp":
-        kwargs.update(classes=num_classes, in_channels=in_channels)
-    else:
-        raise ValueError(f"model.builder must be 'zoo' or 'smp', got {builder!r}")
-    return {"builder": builder, "name": name, "kwargs": kwargs}
-
-
-def build_model(spec):
-    if spec["builder"] == "zoo":
-        import fcnseg.zoo
-        import fcnseg.zoo.patchnets  # noqa: F401  registers the custom patch nets
-        return fcnseg.zoo.create(spec["name"], **spec["kwargs"])
-    import segmentation_models_pytorch as smp
-    return smp.create_model(spec["name"], **spec["kwargs"])
 
 
 def build_optimizer(cfg, params):

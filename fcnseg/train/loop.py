@@ -4,7 +4,6 @@
 by OmegaConf.to_container) so that tools/train.py and the tests share it without the
 library importing Hydra.
 """
-import contextlib
 import math
 import signal
 import time
@@ -15,10 +14,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import fcnseg
-from fcnseg.train import distributed, report
-from fcnseg.train.build import (build_model, build_optimizer, build_scheduler,
-                                build_transform, model_spec)
-from fcnseg.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fcnseg import runtime
+from fcnseg.models import build_model, load_checkpoint, model_spec, save_checkpoint
+from fcnseg.runtime import rng_state, set_rng_state
+from fcnseg.train import report
+from fcnseg.train.build import build_optimizer, build_scheduler, build_transform
 from fcnseg.train.losses import PixelLoss
 from fcnseg.train.metrics import ConfusionMatrix
 from fcnseg.train.sampling import gather_targets, sample_pixels
@@ -32,47 +32,6 @@ class TrainingError(RuntimeError):
 # ----------------------------------------------------------------------------- setup
 def _epoch_seed(seed, epoch):
     return seed * 100_003 + epoch
-
-
-def _seed_all(seed):
-    import random
-    import numpy as np
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _configure_determinism(deterministic, device):
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        if device.type == "cuda":
-            import os
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            # cudnn's deterministic dilated convolutions are 10-80x slower (pytorch#28777)
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def _amp(setting, device):
-    """-> (autocast dtype or None, GradScaler). auto: bf16 on GPUs that support it,
-    else fp16 with loss scaling; off on CPU."""
-    use = device.type == "cuda" if setting == "auto" else bool(setting)
-    dtype = None
-    if use:
-        if device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-    return dtype, scaler
-
-
-def _autocast(device, dtype):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _datasets(data_cfg, aug_cfg):
@@ -163,7 +122,7 @@ def evaluate(net, loader, num_classes, ignore_index=255, device="cpu", amp_dtype
         x = batch["image"].to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp_dtype):
+        with runtime.autocast(device, amp_dtype):
             pred = net(x).argmax(1)  # (N, H, W)
         cm.update(batch["mask"].to(device), pred)
     return cm.all_reduce()
@@ -173,11 +132,11 @@ def evaluate(net, loader, num_classes, ignore_index=255, device="cpu", amp_dtype
 def run(cfg, run_dir):
     """Train as `cfg` says, writing checkpoints and reports into run_dir.
     Returns the final metrics dict (also on rank > 0)."""
-    d = distributed.setup(cfg["trainer"].get("device", "auto"))
+    d = runtime.init_distributed(cfg["trainer"].get("device", "auto"))
     try:
         return _Run(cfg, Path(run_dir), d).fit()
     finally:
-        distributed.teardown(d)
+        runtime.cleanup_distributed(d)
 
 
 class _Run:
@@ -185,9 +144,9 @@ class _Run:
         self.cfg, self.run_dir, self.d = cfg, run_dir, d
         t = self.t = cfg["trainer"]
         self.log = print if d.main else (lambda *a, **k: None)
-        _configure_determinism(t.get("deterministic", False), d.device)
+        runtime.configure_determinism(t.get("deterministic", False), d.device)
         self.seed = int(t.get("seed", 0))
-        _seed_all(self.seed)
+        runtime.seed_all(self.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
 
         self.train_ds, self.val_ds, class_pixels = _datasets(cfg["data"], cfg.get("aug"))
@@ -242,7 +201,7 @@ class _Run:
         if d.enabled:
             self.sampler = torch.utils.data.DistributedSampler(
                 self.train_ds, d.world_size, d.rank, shuffle=True, seed=self.seed)
-            val_sampler = distributed.ShardSampler(len(self.val_ds), d.rank, d.world_size)
+            val_sampler = runtime.ShardSampler(len(self.val_ds), d.rank, d.world_size)
         else:
             self.sampler = torch.utils.data.RandomSampler(self.train_ds, generator=self.gen)
             val_sampler = None
@@ -263,7 +222,8 @@ class _Run:
         self.optimizer = build_optimizer(cfg["optim"], model.parameters())
         self.scheduler = build_scheduler(cfg["sched"], self.optimizer,
                                          self.epochs * self.steps_per_epoch, self.steps_per_epoch)
-        self.amp_dtype, self.scaler = _amp(t.get("amp", "auto"), d.device)
+        self.amp_dtype = runtime.amp_dtype(d.device, t.get("amp", "auto"))
+        self.scaler = runtime.grad_scaler(d.device, self.amp_dtype)
         lcfg = dict(cfg.get("loss") or {"name": "ce"})
         if lcfg.get("class_weights") == "auto":
             lcfg["class_weights"] = auto_class_weights(class_pixels)
@@ -346,7 +306,7 @@ class _Run:
             if target.numel() == 0:  # an all-ignore batch teaches nothing
                 step = i + 1
                 continue
-            with _autocast(d.device, self.amp_dtype):
+            with runtime.autocast(d.device, self.amp_dtype):
                 logits = sampled_logits(self.mode, self.step_net, x, pixels,
                                         patch_size=self.patch_size, stride=self.stride,
                                         **self.pad)
@@ -370,7 +330,7 @@ class _Run:
             if stop.requested(d):
                 break
         bar.close()
-        mean_loss = distributed.all_reduce_mean(total / max(count, 1), d)
+        mean_loss = runtime.all_reduce_mean(total / max(count, 1), d)
         return mean_loss, step
 
     def fit(self):
@@ -386,7 +346,7 @@ class _Run:
                     self.sampler.set_epoch(epoch)
                 es = _epoch_seed(self.seed, epoch)
                 self.gen.manual_seed(es)
-                _seed_all(es)
+                runtime.seed_all(es)
                 tr = getattr(self.train_ds, "transform", None)
                 if tr is not None and hasattr(tr, "set_random_seed"):
                     tr.set_random_seed(es % 2**32)
@@ -455,7 +415,7 @@ class _Run:
                     x = it["image"][None].to(self.d.device)
                     if self.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    with _autocast(self.d.device, self.amp_dtype):
+                    with runtime.autocast(self.d.device, self.amp_dtype):
                         preds.append(self.eval_net(x).argmax(1)[0].cpu())
             report.plot_grid(self.run_dir / "val_grid.png", [it["image"] for it in items],
                              [it["mask"] for it in items], preds, self.train_ds.palette,

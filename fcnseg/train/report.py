@@ -1,9 +1,12 @@
 """What a run leaves behind: IoU table, metrics.json/csv, curves.png, val_grid.png."""
 import csv
+import io
 import json
 import math
 
 import numpy as np
+
+from fcnseg.runtime import atomic_path, colorize, write_text_atomic
 
 
 def iou_table(metrics, class_names):
@@ -26,17 +29,17 @@ def _json_safe(x):
 
 
 def write_json(path, data):
-    path.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(_json_safe(data), indent=2) + "\n")
 
 
 def write_csv(path, history):
     if not history:
         return
-    keys = list(history[0])
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    write_text_atomic(path, buf.getvalue())
 
 
 def plot_curves(path, history):
@@ -52,17 +55,9 @@ def plot_curves(path, history):
     ax[1].set(xlabel="epoch", ylim=(0, 1), title="validation")
     ax[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-
-
-def colorize(mask, palette, ignore_index=255):
-    """(H, W) labels -> (H, W, 3) uint8; ignored pixels white."""
-    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    out = np.full(mask.shape + (3,), 255, np.uint8)
-    ok = mask != ignore_index
-    out[ok] = pal[np.clip(mask[ok], 0, len(pal) - 1)]
-    return out
 
 
 def plot_grid(path, images, masks, preds, palette, mean, std, ignore_index=255):
@@ -87,5 +82,6 @@ def plot_grid(path, images, masks, preds, palette, mean, std, ignore_index=255):
     for a, t in zip(ax[0], ("image", "ground truth", "prediction")):
         a.set_title(t)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from .layouts import make_folder_tree
+from helpers import make_folder_tree
 
 
 @pytest.fixture

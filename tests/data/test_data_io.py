@@ -14,7 +14,7 @@ from fcnseg.data import (
     to_float,
 )
 
-from .layouts import save_gray, save_palette_mask, save_rgb
+from helpers import save_gray, save_palette_mask, save_rgb
 
 
 def test_gray_and_rgb_png_shapes_and_channel_order(tmp_path):

@@ -13,7 +13,7 @@ from fcnseg.data import (
 )
 from fcnseg.data.cityscapes import cityscapes_label_map
 
-from .layouts import make_folder_tree, save_gray, save_palette_mask, save_rgb
+from helpers import make_folder_tree, save_gray, save_palette_mask, save_rgb
 
 
 def test_folder_items_shapes_and_inferred_metadata(folder_root):

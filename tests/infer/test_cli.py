@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import random_image, save
+from helpers import random_image, save
 
 ROOT = Path(__file__).resolve().parents[2]
 INFER = str(ROOT / "tools" / "infer.py")

@@ -9,7 +9,7 @@ import torch
 from fcnseg.infer import load_predictor
 from fcnseg.infer.export import export_model
 
-from .conftest import write_checkpoint
+from helpers import write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +56,14 @@ def test_torchscript_matches_pytorch_on_other_sizes(predictor, tmp_path):
         x = torch.randn(1, 3, h, w)
         out = ts(x).detach().numpy()
         np.testing.assert_allclose(out, reference(predictor, x), atol=1e-4, rtol=0)
+
+
+def test_the_default_optimised_network_exports(tmp_path):
+    """load_predictor's default (densify's optimised, channels_last form) exports as it runs."""
+    ck = write_checkpoint(tmp_path / "toy.pt", pad_mode="constant")
+    pred = load_predictor(ck, device="cpu", output_stride=1)
+    assert pred.dense.optimizations is not None and pred.dense.optimizations.channels_last
+    path, _ = export_model(pred, tmp_path / "d.onnx", "onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, 29, 41)
+    np.testing.assert_allclose(sess.run(None, {"image": x.numpy()})[0], reference(pred, x), atol=1e-4, rtol=0)

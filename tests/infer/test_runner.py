@@ -12,7 +12,7 @@ from fcnseg.data.io import prepare_image, read_image
 from fcnseg.infer import InferenceSettings, load_predictor, run_inference
 from fcnseg.infer.paths import InputError
 
-from .conftest import BAD, GOOD, PALETTE, random_image, save, write_checkpoint
+from helpers import BAD, GOOD, PALETTE, random_image, save, write_checkpoint
 
 
 def settings(ckpt, inp, out, **kw):

@@ -7,7 +7,7 @@ import fcnseg
 from fcnseg.infer.tiling import (auto_tile_size, build_window, fold_index, plan_tiles,
                                  predict_tiled)
 
-from .conftest import toy_model
+from helpers import toy_model
 
 
 @pytest.mark.parametrize("mode,np_mode", [("reflect", "reflect"), ("replicate", "edge")])

@@ -1,7 +1,7 @@
-"""Fixtures of the training tests (helpers live in trainkit.py)."""
+"""Fixtures of the training tests (helpers live in tests/helpers.py)."""
 import pytest
 
-from trainkit import make_scenes
+from helpers import make_scenes
 
 
 @pytest.fixture(scope="session")

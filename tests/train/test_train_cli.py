@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from trainkit import ROOT, make_scenes
+from helpers import ROOT, make_scenes
 
 TOOL = [sys.executable, str(ROOT / "tools" / "train.py")]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")

@@ -14,10 +14,10 @@ import fcnseg.zoo
 import fcnseg.zoo.patchnets  # noqa: F401
 from fcnseg.data import build_dataset
 from fcnseg.train import evaluate
-from fcnseg.train.distributed import ShardSampler
+from fcnseg.runtime import ShardSampler
 from fcnseg.train.loop import _collate
 
-from trainkit import make_scenes
+from helpers import make_scenes
 
 
 def _net():

@@ -1,0 +1,194 @@
+"""Helpers shared by the tests: small on-disk datasets, tiny checkpoints, test images and
+the real configs composed with Hydra. Fixtures stay in the conftest.py files; test
+modules import what they need from here (``from helpers import ...``, tests/ is on
+pytest's pythonpath), never from another test module.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import fcnseg.zoo
+from fcnseg.models import save_checkpoint
+from fcnseg.runtime import default_palette
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------- datasets in the on-disk layouts
+def save_gray(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(arr, np.uint8), mode="L").save(path)
+    return path
+
+
+def save_rgb(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(arr, np.uint8), mode="RGB").save(path)
+    return path
+
+
+def save_palette_mask(path: Path, labels: np.ndarray) -> Path:
+    """A VOC-style palette PNG whose indices are ``labels``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(np.asarray(labels, np.uint8), mode="P")
+    pal = default_palette(256)
+    pal[255] = [224, 224, 192]  # VOC's border colour
+    img.putpalette([v for c in pal for v in c])
+    img.save(path)
+    return path
+
+
+def make_folder_tree(root: Path, split: str = "train", n: int = 3, h: int = 12, w: int = 10,
+                     num_classes: int = 4, channels: int = 3, seed: int = 0) -> list[np.ndarray]:
+    """``root/split/images/s{i}.png`` + ``masks/s{i}.png``; returns the masks written."""
+    rng = np.random.default_rng(seed)
+    masks = []
+    for i in range(n):
+        img = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+        if channels == 1:
+            save_gray(root / split / "images" / f"s{i}.png", img[:, :, 0])
+        else:
+            save_rgb(root / split / "images" / f"s{i}.png", img)
+        m = rng.integers(0, num_classes, (h, w), dtype=np.uint8)
+        m[0, 0] = 255
+        save_gray(root / split / "masks" / f"s{i}.png", m)
+        masks.append(m)
+    return masks
+
+
+# ------------------------------------------------------- the training scenes and config
+# Gray canvases with bright squares (class 1) and dark discs (class 2) on a mid-gray
+# background (class 0), plus a band of ignore (255) pixels: small enough for CPU steps,
+# structured enough that a patch net learns it.
+
+def make_scenes(root, n_train=6, n_val=4, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = np.full((size, size), 128, np.float64)
+            mask = np.zeros((size, size), np.uint8)
+            r, c = rng.integers(2, size // 2 - 2, 2)
+            s = rng.integers(5, 9)
+            img[r:r + s, c:c + s] = 220
+            mask[r:r + s, c:c + s] = 1
+            cy, cx = rng.integers(size // 2, size - 4, 2)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(9, 16)
+            img[disc] = 40
+            mask[disc] = 2
+            mask[0, :] = 255  # an ignored row, as real datasets have void borders
+            img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / split / "images" / f"s{i:02d}.png")
+            Image.fromarray(mask).save(root / split / "masks" / f"s{i:02d}.png")
+    (root / "classes.json").write_text(json.dumps(
+        {"names": ["background", "square", "disc"], "mean": [0.5], "std": [0.25]}))
+    return root
+
+
+def load_tool():
+    """tools/train.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("fcnseg_tool_train", ROOT / "tools" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def compose(overrides):
+    """The real conf/train.yaml composed with overrides, as plain dicts for fcnseg.train.run."""
+    from hydra import compose as hcompose, initialize_config_dir
+    tool = load_tool()
+    tool.register_zoo_models()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hcompose("train", overrides=overrides)
+    return tool.to_plain(cfg)
+
+
+def tiny_overrides(scenes, *extra, zoo=True):
+    width = ["model.kwargs.width_mult=0.25"] if zoo else []
+    return ["data=folder", f"data.root={scenes}", *width, "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=3",
+            "trainer.val_batch_size=2", "trainer.grid_images=2", *extra]
+
+
+# ------------------------------------------------- inference checkpoints and images
+
+PALETTE = [[10, 20, 30], [200, 0, 0], [0, 180, 0], [0, 0, 250], [90, 90, 90]]
+
+
+def toy_model(num_classes=5, in_channels=3, seed=0):
+    """The lecture's worked example (15x15 patch, total stride 6) at half width, with
+    biases spread so that every class wins somewhere."""
+    torch.manual_seed(seed)
+    m = fcnseg.zoo.create("toy", num_classes=num_classes, in_channels=in_channels, width_mult=0.5)
+    with torch.no_grad():
+        last = [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)][-1]
+        last.weight.mul_(4.0)
+        last.bias.zero_()
+        P, Q = m.patch_size
+        mean_score = m(torch.randn(256, in_channels, P, Q)).flatten(1).mean(0)  # (K,)
+        last.bias.copy_(-mean_score)
+    return m.eval()
+
+
+def write_checkpoint(path: Path, *, num_classes=5, in_channels=3, pad_mode="reflect",
+                     pad_value=0.0, seed=0) -> Path:
+    """A checkpoint in the training format (fcnseg.models) around the toy net."""
+    m = toy_model(num_classes, in_channels, seed)
+    mean = [0.5, 0.4, 0.3][:in_channels] if in_channels <= 3 else [0.5] * in_channels
+    std = [0.25, 0.2, 0.3][:in_channels] if in_channels <= 3 else [0.25] * in_channels
+    return save_checkpoint(
+        path, model={"builder": "zoo", "name": "toy",
+                     "kwargs": {"num_classes": num_classes, "in_channels": in_channels,
+                                "width_mult": 0.5}},
+        state_dict=m.state_dict(), patch_size=list(m.patch_size), pad_mode=pad_mode,
+        pad_value=pad_value, in_channels=in_channels, num_classes=num_classes,
+        class_names=[f"class{k}" for k in range(num_classes)], palette=PALETTE[:num_classes],
+        mean=mean, std=std, ignore_index=255, mode="dense", output_stride=1)
+
+
+def random_image(h, w, c=3, dtype=np.uint8, seed=0):
+    rng = np.random.default_rng(seed)
+    hi = np.iinfo(dtype).max
+    # smooth-ish content so labels form regions, plus noise so no two pixels tie
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (np.sin(yy / 5.0)[..., None] * np.cos(xx / 7.0)[..., None] + 1) / 2
+    img = 0.7 * base + 0.3 * rng.random((h, w, c))
+    return (img * hi).astype(dtype)
+
+
+def save(path: Path, arr: np.ndarray, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.squeeze() if arr.shape[-1] == 1 else arr).save(path, **kw)
+    return path
+
+
+def make_image_tree(root: Path) -> Path:
+    """root with every supported format, depth and channel count, two subfolders, and
+    four bad files (broken, truncated, empty, not an image): GOOD and BAD below."""
+    save(root / "rgb.png", random_image(23, 31, 3, seed=1))
+    save(root / "a" / "gray16.png", random_image(30, 20, 1, np.uint16, seed=2))
+    save(root / "a" / "rgba.png", random_image(17, 40, 4, seed=3))
+    save(root / "a" / "b" / "photo.jpg", random_image(25, 25, 3, seed=4), quality=95)
+    save(root / "a" / "b" / "pic.bmp", random_image(19, 21, 3, seed=5))
+    save(root / "tiles" / "t.tif", random_image(64, 48, 3, seed=6))
+    save(root / "tiles" / "w.webp", random_image(20, 22, 3, seed=7), lossless=True)
+    (root / "bad").mkdir()
+    (root / "bad" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    good = (root / "rgb.png").read_bytes()
+    (root / "bad" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "bad" / "empty.jpg").write_bytes(b"")
+    (root / "bad" / "text.png").write_text("not an image")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    return root
+
+
+GOOD = ["a/b/photo.jpg", "a/b/pic.bmp", "a/gray16.png", "a/rgba.png", "rgb.png", "tiles/t.tif",
+        "tiles/w.webp"]
+BAD = ["bad/broken.png", "bad/empty.jpg", "bad/text.png", "bad/truncated.png"]
