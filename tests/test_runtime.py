@@ -1,0 +1,235 @@
+"""fcnseg.runtime: device choice, torchrun environment, the one autocast rule, seeding,
+atomic writes and palettes."""
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from fcnseg import runtime
+from fcnseg.infer.tiling import forward_windows
+
+from helpers import toy_model
+
+
+@pytest.fixture
+def no_torchrun(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Two visible GPUs as far as device choice is concerned (no CUDA call is made)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+# ---------------------------------------------------------------------------- device
+def test_device_cpu_and_auto_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+    assert runtime.pick_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="device=cuda but torch sees no CUDA.*device=cpu"):
+        runtime.pick_device("cuda")
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        runtime.pick_device("cuda:0")
+
+
+def test_device_names_are_checked():
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:<index>, got 'gpu'"):
+        runtime.pick_device("gpu")
+
+
+def test_cuda_index_local_rank_and_bounds(fake_cuda, no_torchrun, monkeypatch):
+    assert runtime.pick_device("cuda") == torch.device("cuda", 0)
+    assert runtime.pick_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun: "auto"/"cuda" is this process's GPU
+    assert runtime.pick_device("auto") == torch.device("cuda", 1)
+    assert runtime.pick_device("cuda", local_rank=0) == torch.device("cuda", 0)
+    assert runtime.pick_device("cuda:0") == torch.device("cuda", 0)  # an explicit index wins
+    with pytest.raises(RuntimeError, match="GPU 5 but torch sees 2"):
+        runtime.pick_device("cuda:5")
+    with pytest.raises(ValueError, match="index must be an integer"):
+        runtime.pick_device("cuda:x")
+
+
+# --------------------------------------------------------------------------- torchrun
+def test_dist_env_plain_and_torchrun(no_torchrun, monkeypatch):
+    assert runtime.dist_env() == (0, 1, 0)
+    env = runtime.init_distributed("cpu")  # a plain run joins no process group
+    assert (env.rank, env.world_size, env.main, env.enabled) == (0, 1, True, False)
+    assert not torch.distributed.is_initialized()
+    runtime.cleanup_distributed(env)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert runtime.dist_env() == (2, 3, 1)
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(RuntimeError, match=r"RANK=3 is not in \[0, WORLD_SIZE=3\)"):
+        runtime.dist_env()
+
+
+@pytest.mark.parametrize("n, world", [(7, 3), (2, 4), (12, 4)])
+def test_shards_cover_every_item_exactly_once(n, world):
+    shards = [runtime.shard(n, r, world) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(n))
+    assert [len(runtime.ShardSampler(n, r, world)) for r in range(world)] == [len(s) for s in shards]
+    assert list(runtime.ShardSampler(n, 1, world)) == shards[1]
+
+
+def test_all_reduce_mean_is_the_value_on_one_process():
+    assert runtime.all_reduce_mean(2.5, runtime.DistEnv()) == 2.5
+
+
+# ---------------------------------------------------------------------- autocast rule
+def test_amp_off_on_cpu_whatever_the_setting():
+    for setting in ("auto", True, False):
+        assert runtime.amp_dtype("cpu", setting) is None
+        assert runtime.amp_dtype(torch.device("cpu"), setting) is None
+    with pytest.raises(ValueError, match="amp must be auto, true or false"):
+        runtime.amp_dtype("cpu", "fp16")
+
+
+@pytest.mark.parametrize("bf16, want", [(True, torch.bfloat16), (False, torch.float16)])
+def test_amp_on_cuda_prefers_bf16(monkeypatch, bf16, want):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert runtime.amp_dtype("cuda", "auto") is want
+    assert runtime.amp_dtype("cuda:1", True) is want
+    assert runtime.amp_dtype("cuda", False) is None
+
+
+def test_grad_scaler_only_for_float16():
+    assert runtime.grad_scaler("cpu", torch.float16).is_enabled()
+    assert not runtime.grad_scaler("cpu", torch.bfloat16).is_enabled()
+    assert not runtime.grad_scaler("cpu", None).is_enabled()
+
+
+def test_autocast_context():
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with runtime.autocast("cpu", None):
+        assert (a @ b).dtype == torch.float32
+    with runtime.autocast(torch.device("cpu"), torch.bfloat16):
+        assert (a @ b).dtype == torch.bfloat16
+
+
+def test_inference_takes_its_precision_from_the_one_rule(monkeypatch):
+    """Tiled inference asks runtime.amp_dtype (the rule training uses) for its autocast
+    dtype: a rule that said bf16 on the CPU would show in the scores."""
+    import fcnseg
+    dense = fcnseg.densify(toy_model(num_classes=3, in_channels=1))
+    x = torch.randn(2, 1, 21, 21)
+    assert forward_windows(dense, x, amp=True).dtype == torch.float32  # CPU: off
+    asked = []
+
+    def rule(device, enabled="auto"):
+        asked.append((torch.device(device).type, enabled))
+        return torch.bfloat16 if enabled else None
+    monkeypatch.setattr(runtime, "amp_dtype", rule)
+    assert forward_windows(dense, x, amp=True).dtype == torch.bfloat16
+    assert forward_windows(dense, x, amp=False).dtype == torch.float32
+    assert asked == [("cpu", True), ("cpu", False)]
+
+
+# ----------------------------------------------------------------- seeding, determinism
+def _draws():
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_seed_all_seeds_every_generator():
+    runtime.seed_all(123)
+    a = _draws()
+    runtime.seed_all(123)
+    assert _draws() == a
+    runtime.seed_all(124)
+    assert _draws() != a
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    runtime.seed_all(7)
+    torch.save(runtime.rng_state(), tmp_path / "rng.pt")
+    first = [_draws() for _ in range(3)]
+    runtime.seed_all(99)
+    runtime.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert [_draws() for _ in range(3)] == first
+
+
+def test_configure_determinism_on_cpu():
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        runtime.configure_determinism(True, "cpu")
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+# ----------------------------------------------------------------------- atomic writes
+def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path):
+    target = tmp_path / "sub" / "a.txt"
+    runtime.write_text_atomic(target, "old")
+    assert target.read_text() == "old"
+    with pytest.raises(KeyboardInterrupt):
+        with runtime.atomic_path(target) as tmp:
+            assert tmp.parent == target.parent and tmp.name.startswith(".a.txt.")
+            tmp.write_text("half")
+            raise KeyboardInterrupt  # a kill mid-write
+    assert target.read_text() == "old"
+    assert [p.name for p in target.parent.iterdir()] == ["a.txt"]  # no temporary left
+    runtime.write_text_atomic(target, "new")
+    assert target.read_text() == "new"
+
+
+def test_remove_stale_temps_only_touches_this_files_temporaries(tmp_path):
+    target = tmp_path / "a.png"
+    stale = [tmp_path / f".a.png.{pid}{runtime.TMP_SUFFIX}" for pid in (11, 12)]
+    keep = [tmp_path / ".b.png.11.fcnseg-tmp", tmp_path / "a.png.txt", tmp_path / ".a.png"]
+    for p in stale + keep:
+        p.write_text("x")
+    assert runtime.remove_stale_temps(target) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in keep)
+    assert runtime.remove_stale_temps(tmp_path / "missing" / "a.png") == 0
+
+
+# ---------------------------------------------------------------------------- palettes
+def test_default_palette_is_the_voc_colour_map():
+    pal = runtime.default_palette(256)
+    assert pal[:4] == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    assert pal[15] == [192, 128, 128]  # VOC's "person"
+    assert len({tuple(c) for c in pal}) == 256
+
+
+def test_resolve_palette_completes_a_short_palette():
+    assert runtime.resolve_palette(None, 3) == runtime.default_palette(3)
+    assert runtime.resolve_palette([(1, 2, 3)], 3) == [[1, 2, 3]] + runtime.default_palette(3)[1:]
+    assert runtime.resolve_palette([[9, 9, 9]] * 4, 2) == [[9, 9, 9]] * 4
+
+
+def test_colorize_ignore_unknown_and_many_classes():
+    pal = [[10, 20, 30], [40, 50, 60], [70, 80, 90]]
+    mask = np.array([[0, 1, 2], [255, 7, -1]])
+    out = runtime.colorize(mask, pal)
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
+    assert out[0].tolist() == pal
+    assert out[1].tolist() == [[255, 255, 255]] * 3  # ignored, past the palette, negative
+    assert runtime.colorize(mask, pal, ignore_color=(1, 2, 3))[1, 0].tolist() == [1, 2, 3]
+    big = runtime.default_palette(300)  # > 256 classes: label 255 is a class, not "ignore"
+    labels = np.array([[255, 299]])
+    assert runtime.colorize(labels, big, ignore_index=None)[0].tolist() == [big[255], big[299]]
+
+
+def test_no_other_module_defines_these_helpers():
+    """One home per concern: the runtime's helpers are defined nowhere else in the package."""
+    import fcnseg
+    root = os.path.dirname(fcnseg.__file__)
+    names = ("def pick_device", "def default_palette", "def colorize", "def atomic_path",
+             "def seed_all", "def rng_state", "def dist_env", "torch.autocast(",
+             "os.replace(", "init_process_group(")
+    found = []
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            if f.endswith(".py") and path != runtime.__file__:
+                text = open(path, encoding="utf-8").read()
+                found += [(os.path.relpath(path, root), n) for n in names if n in text]
+    assert not found, f"runtime helpers re-implemented outside fcnseg/runtime.py: {found}"
