@@ -1,9 +1,12 @@
 """`densify`: one pass over a whole image gives the classifier's output at every pixel."""
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 import torch.fx
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .convert.dense_graph import convert
 from .convert.errors import ConversionError, OutputStrideError, PatchSizeError
@@ -11,17 +14,25 @@ from .convert.trace import infer_in_channels, patch_values, trace
 from .geometry import Geometry, build_geometry
 from . import ops
 from .ops import PAD_MODES, pad_image
-from .patch import as_pair, resolve_patch_size
+from .convert.optimize import Optimizations, num_threads, optimize_body
+from .ops import as_pair
+from .patch import resolve_patch_size
 
 
-class DenseNet(nn.Module):
-    """The dense network of a patch classifier; shares the classifier's parameters and modes."""
+class DenseClassifier(nn.Module):
+    """The dense network of a patch classifier: scores at every pixel of a whole image in one pass.
+
+    Built by `fcnseg.densify`. It reads the classifier's own parameter tensors (a step on it
+    is a step on the classifier) and follows the classifier's train/eval mode. `body` is the
+    converted fx graph, rewritten for speed unless densify was called with optimize=False
+    (`optimizations` says which rewrites were applied; None: the plain graph).
+    """
 
     def __init__(self, classifier, body, patch_size, output_stride, pad_mode, pad_value, geometry, unsafe,
-                 num_classes, tail=None, boundary=()):
+                 num_classes, per_patch_tail=None, tail_inputs=(), optimizations=None):
         super().__init__()
-        self.tail = tail                      # per-patch layers after a squeeze-excitation gate, or None
-        self.boundary = list(boundary)        # Geo of the dense maps the tail reads
+        self.per_patch_tail = per_patch_tail  # layers after a squeeze-excitation gate, run per patch; or None
+        self.tail_inputs = list(tail_inputs)  # Geo of each dense map the per-patch tail gathers from
         self.tail_memory = 256 * 2**20        # bytes of gathered features per tail batch
         self.classifier = classifier          # registered: .parameters(), .train() and .eval() reach it
         self.body = body
@@ -30,9 +41,10 @@ class DenseNet(nn.Module):
         self.pad_mode, self.pad_value = pad_mode, pad_value
         self.geometry = geometry
         self.num_classes = num_classes
+        self.optimizations = optimizations
         self._unsafe = unsafe
         # adopt the classifier's mode without changing it (a later .train()/.eval() reaches both)
-        for m in (self, body, tail):
+        for m in (self, body, per_patch_tail):
             if m is not None:
                 m.training = classifier.training
 
@@ -51,48 +63,61 @@ class DenseNet(nn.Module):
                     "across all positions of the image, which no single patch sees. Call "
                     "fcnseg.freeze_batchnorm(model) (or put the layer in eval mode) before training densely")
 
-    def forward_valid(self, xp: torch.Tensor) -> torch.Tensor:
-        """Scores (N, K, floor((Hp-P)/s)+1, floor((Wp-Q)/s)+1) for an already padded input."""
+    def forward_valid(self, xp: torch.Tensor):
+        """Scores (N, K, floor((Hp-P)/s)+1, floor((Wp-Q)/s)+1) for an already padded input.
+
+        A classifier with several outputs (a tuple, list or dict of per-patch tensors) gives
+        the same structure of score maps.
+        """
         self._check(xp)
         p, q = self.patch_size
         s = self.output_stride
         if xp.shape[-2] < p or xp.shape[-1] < q:
             raise ValueError(f"padded input {tuple(xp.shape[-2:])} is smaller than the patch {self.patch_size}")
         ho, wo = (xp.shape[-2] - p) // s[0] + 1, (xp.shape[-1] - q) // s[1] + 1
-        y = self.body(xp)
-        if self.tail is not None:
-            return self._run_tail(y, ho, wo)
-        # networks that ignore trailing rows (floor pooling) produce a few extra outputs: drop them
-        return y[..., :ho, :wo]
+        with num_threads(self.optimizations.threads if self.optimizations else None):
+            y = self.body(xp)
+            if self.per_patch_tail is not None:
+                return self._run_tail(y, ho, wo)
+        # networks that ignore trailing rows (floor pooling) produce a few extra outputs: drop them;
+        # the result is NCHW-contiguous whatever layout the body ran in
+        return tree_map(lambda t: t[..., :ho, :wo].contiguous(), y)
 
     def _run_tail(self, maps, ho, wo):
         """Gather each output pixel's features from the dense maps and finish it per patch."""
         n, s = maps[0].shape[0], self.output_stride
-        maps = [t.contiguous() for t in maps]              # advanced indexing is slow on strided maps
+        # advanced indexing is several times slower on strided or NHWC maps: one copy each is cheaper
+        maps = [t.contiguous() for t in maps]
         m = torch.arange(ho * wo, device=maps[0].device)
-        per_pixel = sum(t.shape[1] * g.hw[0] * g.hw[1] for t, g in zip(maps, self.boundary)) * n
+        per_pixel = sum(t.shape[1] * g.hw[0] * g.hw[1] for t, g in zip(maps, self.tail_inputs)) * n
         batch = max(1, self.tail_memory // (per_pixel * maps[0].element_size()))
-        out = []
+        chunks, spec = [], None
         for chunk in m.split(batch):
             my, mx = chunk // wo, chunk % wo
             feats = []
-            for t, geo in zip(maps, self.boundary):
-                # (*) in convert/dense_graph.py: feature (a, b) of pixel (my*s, mx*s) is at
+            for t, geo in zip(maps, self.tail_inputs):
+                # the (*) invariant of docs/algorithm.md: feature (a, b) of pixel (my*s, mx*s) is at
                 # dense[my*s/g + a*r, mx*s/g + b*r]
                 iy, ix = my * (s[0] // geo.g[0]), mx * (s[1] // geo.g[1])
                 f = ops.gather_patches(t, iy, ix, geo.hw, geo.r)
                 feats.append(f.reshape(f.shape[0], -1) if geo.kind == "flat" else f)
-            scores = self.tail(*feats)
-            out.append(scores.reshape(n, len(chunk), -1))                  # (N, M, K)
-        return torch.cat(out, 1).transpose(1, 2).reshape(n, -1, ho, wo)
+            leaves, spec = tree_flatten(self.per_patch_tail(*feats))
+            chunks.append([scores.reshape(n, len(chunk), -1) for scores in leaves])     # (N, M, K) each
+        maps_out = [torch.cat(parts, 1).transpose(1, 2).reshape(n, -1, ho, wo) for parts in zip(*chunks)]
+        return tree_unflatten(maps_out, spec)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
         self._check(x)
         return self.forward_valid(self.pad(x))
 
     def extra_repr(self):
+        opt = self.optimizations
         return (f"patch_size={self.patch_size}, output_stride={self.output_stride}, pad_mode={self.pad_mode!r}, "
-                f"num_classes={self.num_classes}")
+                f"num_classes={self.num_classes}, optimizations={opt if opt is None else _describe(opt)}")
+
+
+def _describe(opt: Optimizations) -> str:
+    return "(" + ", ".join(f"{f.name}={getattr(opt, f.name)}" for f in fields(opt)) + ")"
 
 
 def _build(gm, values, patch_size, s):
@@ -100,7 +125,7 @@ def _build(gm, values, patch_size, s):
     body = torch.fx.GraphModule(conv.attrs, conv.graph, class_name="DenseBody")
     body.graph.eliminate_dead_code()
     body.recompile()
-    tail = None if conv.suffix is None else torch.fx.GraphModule(conv.attrs, conv.suffix, class_name="PatchTail")
+    tail = None if conv.suffix is None else torch.fx.GraphModule(conv.attrs, conv.suffix, class_name="PerPatchTail")
     return conv, body, tail
 
 
@@ -117,8 +142,16 @@ def valid_output_strides(gm, values, patch_size) -> list[int]:
 
 
 def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str = "constant",
-            pad_value: float = 0.0, in_channels: int | None = None) -> DenseNet:
-    """The dense network of a patch classifier: output [n, :, m, k] == model(patch of (m*s, k*s))[n]."""
+            pad_value: float = 0.0, in_channels: int | None = None,
+            optimize: bool | Optimizations = True) -> DenseClassifier:
+    """The dense network of a patch classifier: output [n, :, m, k] == model(patch of (m*s, k*s))[n].
+
+    optimize: True (default) applies every exact speed rewrite (channels_last end to end, batch
+    norm folded into convolutions, identity windows dropped); False keeps the plain converted
+    graph (debugging, or an exporter that refuses the rewrite); `fcnseg.Optimizations(...)`
+    chooses (and adds torch.compile or a thread count).
+    """
+    options = Optimizations.resolve(optimize)
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     patch_size = resolve_patch_size(model, patch_size)
@@ -138,13 +171,14 @@ def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str
         near = nearby_patch_sizes(gm, c, patch_size)
         raise PatchSizeError(f"{exc}. Patch sizes near {patch_size} that work: {near}") from None
     geo = build_geometry(conv, patch_size, c, s)
-    return DenseNet(model, body, patch_size, s, pad_mode, pad_value, geo, conv.unsafe, conv.num_classes, tail,
-                    conv.boundary)
+    return DenseClassifier(model, optimize_body(body, options), patch_size, s, pad_mode, pad_value, geo,
+                           conv.unsafe, conv.num_classes, tail, conv.boundary, options)
 
 
 def geometry(model: nn.Module, patch_size=None, *, in_channels: int | None = None, output_stride=1) -> Geometry:
     """Receptive field, strides, FLOPs of one patch and dense FLOPs per pixel (ALGORITHM.md section 6)."""
-    return densify(model, patch_size, in_channels=in_channels, output_stride=output_stride).geometry
+    return densify(model, patch_size, in_channels=in_channels, output_stride=output_stride,
+                   optimize=False).geometry
 
 
 def freeze_batchnorm(model: nn.Module) -> nn.Module:

@@ -55,11 +55,11 @@ def avg_pool2d_dilated(x, kernel_size, stride=1, dilation=1, divisor: int | None
     (ONNX exports it without needing AveragePool's opset-19 dilations). Sum, then divide, like
     avg_pool2d does, so the result differs from the reference only by summation order.
     """
-    kh, kw = _pair(kernel_size)
+    kh, kw = as_pair(kernel_size)
     # a channel count fixed at conversion time keeps the kernel a constant for ONNX / TorchScript
     c = channels if channels is not None else x.shape[1]
     ones = torch.ones(c, 1, kh, kw, dtype=x.dtype, device=x.device)
-    summed = F.conv2d(x, ones, None, _pair(stride), 0, _pair(dilation), c)
+    summed = F.conv2d(x, ones, None, as_pair(stride), 0, as_pair(dilation), c)
     return summed / (divisor if divisor else kh * kw)
 
 
@@ -103,8 +103,14 @@ def gather_patches(dense: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor, size
     return out.permute(0, 2, 1, 3, 4).reshape(n * m, c, h, w)
 
 
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
+def as_pair(v) -> tuple[int, int]:
+    """(v, v) for an int, (a, b) for a pair; a 1-element sequence (as PyTorch layers store
+    some sizes) counts as (a, a)."""
+    if isinstance(v, (tuple, list, torch.Size)):
+        if len(v) == 1:
+            return (int(v[0]), int(v[0]))
+        if len(v) != 2:
+            raise ValueError(f"expected an int or a pair (P, Q), got {v!r}")
         return (int(v[0]), int(v[1]))
     return (int(v), int(v))
 

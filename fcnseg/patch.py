@@ -7,15 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ops import pad_image
-
-
-def as_pair(v) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"expected an int or a pair (P, Q), got {v!r}")
-        return (int(v[0]), int(v[1]))
-    return (int(v), int(v))
+from .ops import as_pair, pad_image
 
 
 def resolve_patch_size(model: nn.Module, patch_size) -> tuple[int, int]:

@@ -220,6 +220,6 @@ class SqueezeExcite(nn.Module):
 def test_squeeze_excitation_runs_exactly_per_patch(s):
     model = f64(SqueezeExcite())
     dense = fcnseg.densify(model, 11, output_stride=s)
-    assert dense.tail is not None and sorted(g.hw for g in dense.boundary) == [(1, 1), (5, 5)]
+    assert dense.per_patch_tail is not None and sorted(g.hw for g in dense.tail_inputs) == [(1, 1), (5, 5)]
     dense.tail_memory = 4096                       # several tail batches
     check_dense(model, torch.randn(2, 3, 9, 8, dtype=torch.float64), 11, output_stride=s)

@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import fcnseg
-import fcnseg.engine
 from test_densify import K, ResidualConcat, alexnet_like
 
 pytestmark = [pytest.mark.gpu,
@@ -15,16 +14,17 @@ def test_cuda_float64_equals_cpu_patchwise(net, patch):
     model = net().double().eval()
     x = torch.randn(2, 3, 19, 17, dtype=torch.float64)
     ref = fcnseg.patchwise(model, x, patch)
-    dense = fcnseg.densify(model.cuda(), patch)
-    got = dense(x.cuda()).cpu()
-    assert ((got - ref).abs().max() / ref.abs().max()) <= 1e-9
+    for optimize in (True, False):
+        dense = fcnseg.densify(model.cuda(), patch, optimize=optimize)
+        got = dense(x.cuda()).cpu()
+        assert ((got - ref).abs().max() / ref.abs().max()) <= 1e-9, optimize
 
 
-def test_cuda_fast_engine_with_autocast_keeps_labels():
+def test_cuda_default_dense_network_with_autocast_keeps_labels():
     model = alexnet_like().eval()
     x = torch.randn(1, 3, 40, 36)
     ref = fcnseg.patchwise(model, x, 83)
-    fast = fcnseg.engine.fast(fcnseg.densify(model.cuda(), 83))
+    fast = fcnseg.densify(model.cuda(), 83)               # the optimised form: channels_last, folded BN
     with torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16):
         got = fast(x.cuda()).float().cpu()
     assert got.shape == (1, K, 40, 36)

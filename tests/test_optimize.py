@@ -1,4 +1,4 @@
-"""The fast engine computes what patch-by-patch computes, forward and backward."""
+"""The optimised dense network (densify's default) computes what patch-by-patch computes, forward and backward."""
 import pytest
 import torch
 import torch.fx
@@ -7,7 +7,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg import ops
-from fcnseg.engine import FastDenseNet, drop_identity_windows, fast, num_threads
+from fcnseg.convert.optimize import drop_identity_windows, num_threads
 
 
 def membrane_like(c=1, width=4):
@@ -30,7 +30,7 @@ def avgpool_net(c=3):
 
 
 def batchnorm_net(c=3):
-    """Conv -> BatchNorm (eval, non-trivial statistics) pairs: folded into one conv by the engine."""
+    """Conv -> BatchNorm (eval, non-trivial statistics) pairs: folded into one conv by the rewrite."""
     net = nn.Sequential(
         nn.Conv2d(c, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2, 2),
         nn.Conv2d(4, 5, 3, bias=False), nn.BatchNorm2d(5), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 2 * 2, 2))
@@ -57,10 +57,10 @@ def _inputs(name, dtype, h=11, w=9):
 
 @pytest.mark.parametrize("name", sorted(NETS))
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
-def test_fast_forward_equals_patchwise(name, dtype, tol):
+def test_default_forward_equals_patchwise(name, dtype, tol):
     model, x = _inputs(name, dtype)
     ref = fcnseg.patchwise(model, x)
-    out = fast(fcnseg.densify(model))(x)
+    out = fcnseg.densify(model)(x)
     assert out.shape == ref.shape and out.dtype == dtype
     assert out.is_contiguous()
     torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
@@ -68,12 +68,12 @@ def test_fast_forward_equals_patchwise(name, dtype, tol):
 
 @pytest.mark.parametrize("name", sorted(NETS))
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
-def test_fast_backward_equals_patch_training(name, dtype, tol):
-    """Masked per-pixel loss through the fast engine == loss over the same patches."""
+def test_default_backward_equals_patch_training(name, dtype, tol):
+    """Masked per-pixel loss through the optimised network == loss over the same patches."""
     model, x = _inputs(name, dtype)
     pixels = torch.tensor([[0, 0], [5, 4], [10, 8], [3, 7]])
     target = torch.tensor([1, 0, 1, 0])
-    out = fast(fcnseg.densify(model))(x[:1])                              # (1, K, H, W)
+    out = fcnseg.densify(model)(x[:1])                                    # (1, K, H, W)
     dense_loss = F.cross_entropy(out[0, :, pixels[:, 0], pixels[:, 1]].T, target, reduction="sum")
     dense_grads = torch.autograd.grad(dense_loss, list(model.parameters()))
     patches = fcnseg.crop_patches(x[:1], pixels, model.patch_size)
@@ -86,7 +86,7 @@ def test_fast_backward_equals_patch_training(name, dtype, tol):
 
 def test_every_map_is_channels_last():
     model, x = _inputs("membrane_like", torch.float32)
-    body = fast(fcnseg.densify(model)).body
+    body = fcnseg.densify(model).body
     seen = []
 
     class Check(torch.fx.Interpreter):
@@ -98,7 +98,7 @@ def test_every_map_is_channels_last():
                 assert result.is_contiguous(memory_format=torch.channels_last), node.name
             return result
 
-    Check(body).run(fcnseg.densify(model).pad(x))
+    Check(body).run(fcnseg.densify(model, optimize=False).pad(x))
     assert len(seen) == 5          # 3 ReLUs and 2 max pools were checked
 
 
@@ -116,22 +116,27 @@ def test_identity_windows_are_dropped_and_real_ones_kept():
     torch.testing.assert_close(gm(x), f(x))
 
 
-def test_batchnorm_is_folded_and_the_plain_dense_net_untouched():
+def _bn_calls(body):
+    return [n for n in body.graph.nodes if n.op == "call_module"
+            and isinstance(body.get_submodule(n.target), nn.BatchNorm2d)]
+
+
+def test_batchnorm_is_folded_by_default_and_kept_by_the_plain_graph():
     model, x = _inputs("batchnorm", torch.float64)
-    dense = fcnseg.densify(model)
-    before = dense.body.code
-    engine = fast(dense)
-    bn_calls = [n for n in engine.body.graph.nodes if n.op == "call_module"
-                and isinstance(engine.body.get_submodule(n.target), nn.BatchNorm2d)]
-    assert bn_calls == []                                                 # both norms were folded
-    assert dense.body.code == before and dense.body is not engine.body
-    torch.testing.assert_close(dense(x), engine(x), atol=1e-10, rtol=1e-10)
+    plain = fcnseg.densify(model, optimize=False)
+    fast = fcnseg.densify(model)
+    assert len(_bn_calls(plain.body)) == 2 and _bn_calls(fast.body) == []     # both norms were folded
+    assert plain.optimizations is None and fast.optimizations == fcnseg.Optimizations()
+    torch.testing.assert_close(plain(x), fast(x), atol=1e-10, rtol=1e-10)
+    unfolded = fcnseg.densify(model, optimize=fcnseg.Optimizations(fold_batchnorm=False))
+    assert len(_bn_calls(unfolded.body)) == 2
+    torch.testing.assert_close(unfolded(x), fcnseg.patchwise(model, x), atol=1e-10, rtol=1e-10)
 
 
 def test_shares_parameters_and_modes():
     model, x = _inputs("membrane_like", torch.float32)
-    dense = fast(fcnseg.densify(model))
-    assert isinstance(dense, FastDenseNet)
+    dense = fcnseg.densify(model)
+    assert type(dense) is fcnseg.DenseClassifier
     assert {id(p) for p in dense.parameters()} == {id(p) for p in model.parameters()}
     with torch.no_grad():
         model[-1].bias += 1.0                                               # a change to the classifier...
@@ -141,22 +146,24 @@ def test_shares_parameters_and_modes():
 def test_threads_setting_is_restored_and_checked():
     model, x = _inputs("avgpool", torch.float32)
     before = torch.get_num_threads()
-    dense = fast(fcnseg.densify(model), threads=1)
+    dense = fcnseg.densify(model, optimize=fcnseg.Optimizations(threads=1))
     dense(x)
     assert torch.get_num_threads() == before
     with num_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"):
-        fast(fcnseg.densify(model), threads=0)
+        fcnseg.Optimizations(threads=0)
 
 
-def test_refuses_a_plain_module():
-    with pytest.raises(TypeError, match="fcnseg.densify"):
-        fast(membrane_like())
+def test_refuses_an_unknown_optimize_value():
+    with pytest.raises(TypeError, match="Optimizations"):
+        fcnseg.densify(membrane_like(), optimize="fast")
 
 
-def test_nchw_option_still_exact():
+@pytest.mark.parametrize("optimize", [False, fcnseg.Optimizations(channels_last=False)])
+def test_plain_and_nchw_forms_still_exact(optimize):
     model, x = _inputs("membrane_like", torch.float64)
-    out = fast(fcnseg.densify(model), channels_last=False)(x)
+    out = fcnseg.densify(model, optimize=optimize)(x)
+    assert out.is_contiguous()
     torch.testing.assert_close(out, fcnseg.patchwise(model, x), atol=1e-10, rtol=1e-10)

@@ -1,37 +1,72 @@
-"""The fast engine: the same dense network, laid out and scheduled for speed.
+"""The optimising rewrite of a dense body: same values, laid out and scheduled for speed.
 
-    fast_dense = fcnseg.engine.fast(fcnseg.densify(model))
-    fast_dense(x)   # == dense(x) up to float reassociation, forward and backward
+`fcnseg.densify(model)` applies it by default (`optimize=True`); `optimize=False` keeps the
+plain converted graph, `optimize=Optimizations(...)` chooses the parts. What each part does
+and why it is exact: docs/algorithm.md, "The optimising rewrite".
 
-`fast` rewrites the dense body's fx graph; it never changes what is computed:
-- channels_last end to end. On CPU, max pooling at stride 1 with dilation is several times
-  slower in NCHW than in channels_last (the NHWC kernel vectorises over channels), and
-  dilated convolutions run as fast or faster in channels_last. The input is converted once,
-  and the output of a convolution on a single-channel map too (see `to_channels_last`).
 - identity windows removed: a 1x1 average/max pool (what a Flatten after an already 1x1
   map or an adaptive pool to the map's own size becomes) is a copy, or a depthwise
   convolution with a ones kernel for the dilated average. Dropping it is exact.
 - eval-mode batch norm folded into the convolution before it (one pass over the map fewer).
-- the output is returned NCHW-contiguous, like the plain DenseNet's; maps read by a per-patch
-  tail are handed to it NCHW (its gather is slow on NHWC).
+- channels_last end to end. On CPU, max pooling at stride 1 with dilation is several times
+  slower in NCHW than in channels_last (the NHWC kernel vectorises over channels), and
+  dilated convolutions run as fast or faster in channels_last. The input is converted once,
+  and the output of a convolution on a single-channel map too (see `to_channels_last`).
 - optional: a fixed intra-op thread count for the forward pass, and torch.compile of the body
   (inductor; it reassociates sums, so it is exact up to float rounding like everything else).
 
-Parameters stay the classifier's own tensors (no copies), so training the fast network trains
-the classifier, exactly as with the plain DenseNet.
+The rewritten graph reads the classifier's own parameter tensors (no copies), so training
+through it trains the classifier.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 
-from . import ops
-from .dense import DenseNet
+from .. import ops
+from ..ops import as_pair
 
 CL = torch.channels_last
+
+
+@dataclass(frozen=True)
+class Optimizations:
+    """Which exact speed rewrites `fcnseg.densify(..., optimize=...)` applies.
+
+    channels_last: run every map in NHWC (the big CPU win for pooled networks; on CUDA it
+        enables the tensor-core NHWC kernels).
+    fold_batchnorm: merge each eval-mode BatchNorm2d into the convolution before it
+        (recomputed at every call from the live parameters, so training through it stays exact).
+    compile: torch.compile the body (the first call compiles, for seconds to minutes; every new
+        input shape recompiles unless compile_options enable dynamic shapes).
+    threads: intra-op threads during the forward pass (None: PyTorch's current setting).
+    compile_options: keyword arguments for torch.compile.
+    """
+    channels_last: bool = True
+    fold_batchnorm: bool = True
+    compile: bool = False
+    threads: int | None = None
+    compile_options: Mapping | None = None
+
+    def __post_init__(self):
+        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
+            raise ValueError(f"Optimizations(threads=...) must be a positive count or None, got {self.threads!r}")
+
+    @classmethod
+    def resolve(cls, optimize: "bool | Optimizations") -> "Optimizations | None":
+        """densify's `optimize` argument -> the options (None: the plain graph)."""
+        if isinstance(optimize, cls):
+            return optimize
+        if optimize is True:
+            return cls()
+        if optimize is False or optimize is None:
+            return None
+        raise TypeError(f"optimize must be True, False or fcnseg.Optimizations(...), got {optimize!r}")
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +84,7 @@ def _is_identity_window(node: torch.fx.Node) -> bool:
         kernel = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size")
         stride = node.args[2] if len(node.args) > 2 else node.kwargs.get("stride", 1)
         divisor = node.args[4] if len(node.args) > 4 else node.kwargs.get("divisor")
-        return ops._pair(kernel) == (1, 1) and ops._pair(stride) == (1, 1) and divisor in (None, 1)
+        return as_pair(kernel) == (1, 1) and as_pair(stride) == (1, 1) and divisor in (None, 1)
     if node.target in (F.max_pool2d, F.avg_pool2d, torch._C._nn.avg_pool2d):
         kernel = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size")
         stride = node.args[2] if len(node.args) > 2 else node.kwargs.get("stride")
@@ -58,7 +93,7 @@ def _is_identity_window(node: torch.fx.Node) -> bool:
         divisor = node.args[6] if node.target is not F.max_pool2d and len(node.args) > 6 else \
             node.kwargs.get("divisor_override")
         pad = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
-        return (ops._pair(kernel) == (1, 1) and ops._pair(stride) == (1, 1) and ops._pair(pad) == (0, 0)
+        return (as_pair(kernel) == (1, 1) and as_pair(stride) == (1, 1) and as_pair(pad) == (0, 0)
                 and divisor in (None, 1))
     return False
 
@@ -140,21 +175,31 @@ def fold_batchnorm(gm: torch.fx.GraphModule) -> int:
     return folded
 
 
-def rewrite(body: torch.fx.GraphModule, *, channels_last: bool = True, fold_bn: bool = True) -> torch.fx.GraphModule:
-    """A new GraphModule over the same parameters with the exact speed rewrites applied."""
+def rewrite(body: torch.fx.GraphModule, options: Optimizations) -> torch.fx.GraphModule:
+    """A new GraphModule over the same parameters with the exact graph rewrites of `options`."""
     graph = torch.fx.Graph()
     out = graph.graph_copy(body.graph, {})
     graph.output(out)
-    gm = torch.fx.GraphModule(body, graph, class_name="FastDenseBody")
+    gm = torch.fx.GraphModule(body, graph, class_name="OptimizedDenseBody")
     drop_identity_windows(gm)
-    if fold_bn:
+    if options.fold_batchnorm:
         fold_batchnorm(gm)
-    if channels_last:
+    if options.channels_last:
         to_channels_last(gm)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def optimize_body(body: torch.fx.GraphModule, options: Optimizations | None) -> torch.nn.Module:
+    """The body densify runs: the plain graph (options None), rewritten, and compiled if asked."""
+    if options is None:
+        return body
+    body = rewrite(body, options)
+    if options.compile:
+        body = torch.compile(body, **dict(options.compile_options or {}))
+    return body
 
 
 @contextlib.contextmanager
@@ -171,60 +216,5 @@ def num_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-class FastDenseNet(DenseNet):
-    """A DenseNet whose body is the rewritten graph; same outputs, same parameters."""
-
-    @classmethod
-    def wrap(cls, dense: DenseNet, body, threads: int | None, options: dict) -> "FastDenseNet":
-        # Copy every attribute of `dense` (the classifier, the per-patch tail, geometry...) with
-        # fresh registries, so that replacing the body here leaves `dense` untouched.
-        new = cls.__new__(cls)
-        new.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in dense.__dict__.items()})
-        new.body = body
-        new.body.training = dense.training
-        new.threads, new.options = threads, options
-        return new
-
-    def _run_tail(self, maps, ho, wo):
-        # the tail gathers each pixel's features by advanced indexing, which is several times
-        # slower on NHWC maps than on NCHW ones: one layout copy per map is cheaper
-        return super()._run_tail([m.contiguous() for m in maps], ho, wo)
-
-    def forward_valid(self, xp: torch.Tensor) -> torch.Tensor:
-        with num_threads(self.threads):
-            y = super().forward_valid(xp)
-        return y.contiguous()          # (N, K, H', W') NCHW, like the plain DenseNet
-
-    def extra_repr(self):
-        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
-        return f"{super().extra_repr()}, {opts}"
-
-
-def fast(dense: DenseNet, *, channels_last: bool = True, fold_bn: bool = True, compile: bool = False,
-         threads: int | None = None, compile_options: dict | None = None) -> FastDenseNet:
-    """The fastest exact form of `dense` (a `fcnseg.densify` result) on this machine.
-
-    channels_last: run every map in NHWC (the big CPU win for pooled networks; on CUDA it
-        enables the tensor-core NHWC kernels).
-    fold_bn: merge each eval-mode BatchNorm2d into the convolution before it (recomputed at
-        every call from the live parameters, so training through it stays exact).
-    compile: torch.compile the body (first call compiles for a few seconds to minutes; every
-        new input shape recompiles unless dynamic shapes are enabled in compile_options).
-    threads: intra-op threads during the forward pass (None: PyTorch's current setting).
-    """
-    if not isinstance(dense, DenseNet):
-        raise TypeError(f"fcnseg.engine.fast expects the DenseNet returned by fcnseg.densify, got "
-                        f"{type(dense).__name__}; call fast(fcnseg.densify(model))")
-    if threads is not None and int(threads) < 1:
-        raise ValueError(f"threads must be a positive count or None, got {threads}")
-    body = dense.body
-    if isinstance(body, torch.fx.GraphModule):
-        body = rewrite(body, channels_last=channels_last, fold_bn=fold_bn)
-    if compile:
-        body = torch.compile(body, **(compile_options or {}))
-    options = {"channels_last": channels_last, "fold_bn": fold_bn, "compile": compile, "threads": threads}
-    return FastDenseNet.wrap(dense, body, threads, options)
-
-
-__all__ = ["fast", "FastDenseNet", "rewrite", "drop_identity_windows", "fold_batchnorm", "to_channels_last",
-           "num_threads"]
+__all__ = ["Optimizations", "optimize_body", "rewrite", "drop_identity_windows", "fold_batchnorm",
+           "to_channels_last", "num_threads"]
