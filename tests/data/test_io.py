@@ -1,3 +1,5 @@
+"""fcnseg.data.io: decoding (bit depth, channels, EXIF orientation), channel conversion,
+normalisation and mask reading."""
 from __future__ import annotations
 
 import io
