@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import fcnseg
-from test_densify import K, lecture_net
+from helpers import K, lecture_net
 
 
 def test_internal_padding_names_layer_and_offers_strip_padding():
@@ -34,10 +34,11 @@ def test_unknown_layer_named():
         fcnseg.densify(model, 5)
 
 
-def test_ceil_mode_overhang_lists_patch_sizes_that_work():
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Conv2d(3, K, 6))
-    # patch 16 -> conv 14 -> ceil pool 7 with its last window past the edge
-    with pytest.raises(fcnseg.PatchSizeError, match=r"layer '1'.*(15, 15)"):
+def test_pooling_padding_refuses_with_the_fix():
+    # ceil-mode partial windows convert exactly (tests/test_ceil_mode.py); a padded pooling window
+    # (partial at the first position too) does not
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.MaxPool2d(3, 2, padding=1), nn.Conv2d(3, K, 7))
+    with pytest.raises(fcnseg.PaddingError, match=r"layer '1'.*strip_padding"):
         fcnseg.densify(model, 16)
 
 

@@ -1,6 +1,6 @@
 """Build the dense graph: strides set to 1, kernels dilated by the cumulative stride.
 
-Notation (ALGORITHM.md section 3, generalised to an output stride s). At a node whose original
+Notation (docs/algorithm.md, "The output stride grid"). At a node whose original
 cumulative stride is d, the dense map keeps strides up to g = min(d, s) (its "grid" stride) and
 dilates by r = d / g. For the patch of output pixel (m*s, n*s), feature (a, b) of the node is
 
@@ -21,42 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..geometry import Geo, LayerGeometry
 from .errors import OutputStrideError, PaddingError, PatchSizeError, UnsupportedLayerError
-from .layers import PER_FEATURE_MODULES, TRAIN_MODE_UNSAFE, Layer, describe
+from .layers import PER_FEATURE_MODULES, POINTWISE_METHODS, TRAIN_MODE_UNSAFE, Layer, describe
 
 STRIP_HINT = ("use `valid_model, patch_size = fcnseg.strip_padding(model)` to remove internal padding "
               "(the network becomes 'valid' and its patch grows), then densify valid_model")
-
-
-@dataclass
-class Geo:
-    """Where a node's values live: patch-network size, cumulative stride, dense grid and rate."""
-    kind: str                  # map (N, C.., h, w) | flat (N, C*h*w) | const | shape | tuple
-    hw: tuple = (1, 1)         # spatial size in the patch network (for flat: of the flattened map)
-    d: tuple = (1, 1)          # cumulative stride of the original network
-    g: tuple = (1, 1)          # stride kept in the dense network
-    rf: tuple = (1, 1)         # receptive field, input pixels
-    offset: tuple = (0, 0)     # top-left input pixel of feature (0, 0)'s receptive field
-
-    @property
-    def r(self):
-        return (self.d[0] // self.g[0], self.d[1] // self.g[1])
-
-
-@dataclass
-class LayerGeometry:
-    name: str
-    kind: str
-    kernel: tuple
-    stride: tuple
-    out_size: tuple            # in the patch network
-    cum_stride: tuple          # after the layer
-    dense_stride: tuple
-    dense_dilation: tuple
-    receptive_field: tuple
-    offset: tuple
-    flops_patch: int
-    flops_dense: int           # per output pixel
 
 
 @dataclass
@@ -67,12 +37,28 @@ class Conversion:
     out_geo: Geo
     num_classes: int
     unsafe: list = field(default_factory=list)   # (name, module) refused in training mode
-    suffix: torch.fx.Graph | None = None         # per-patch tail (see Converter._find_per_patch)
-    boundary: list = field(default_factory=list) # Geo of each dense tensor the tail gathers
+    per_patch_tail: torch.fx.Graph | None = None  # layers after a squeeze-excitation gate (Converter._find_per_patch)
+    tail_inputs: list = field(default_factory=list)  # Geo of each dense tensor the per-patch tail gathers
+
+
+# layers that read their input's edge maps (partial windows) themselves; the rest run per map class
+WINDOW_KINDS = ("conv", "pool", "adaptive", "global", "linear", "crop")
+IDENTITY_4D = (0, 1, 2, 3)
 
 
 def _mul(a, b):
     return (a[0] * b[0], a[1] * b[1])
+
+
+def _layout_free(node, layer) -> bool:
+    """An elementwise layer without per-channel parameters: indifferent to the order of the dims."""
+    if node.op == "call_method":
+        return node.target in POINTWISE_METHODS
+    if node.op == "call_function":
+        return node.target not in (F.prelu, F.local_response_norm, F.batch_norm, torch.batch_norm)
+    m = layer.module
+    return not isinstance(m, (nn.LocalResponseNorm, nn.Dropout2d)) and not any(True for _ in m.parameters()) \
+        and not any(True for _ in m.buffers())
 
 
 class Converter:
@@ -83,6 +69,11 @@ class Converter:
         self.graph = self.dense_graph = torch.fx.Graph()
         self.env, self.geo, self.attrs = {}, {}, {}
         self.layers, self.unsafe = [], []
+        # edge maps of partial windows (docs/algorithm.md, "Ceil-mode pooling with partial last
+        # windows"): per axis (rows, cols) whether a node keeps a second map for the patch's last
+        # position, and its maps by class, (0, 0) being env[node]
+        self.split, self.variants = {}, {}
+        self.layout = {}             # node -> (order of its dims in the patch network, permuting layer)
         self.per_patch = self._find_per_patch()
         self.scratch, self.scratch_env, self.dense_env = torch.fx.Graph(), {}, self.env
         self._current = None
@@ -146,8 +137,8 @@ class Converter:
             g_out.append(g)
         return tuple(t1), tuple(g_out)
 
-    def _record(self, layer: Layer, geo_in: Geo, geo_out: Geo, t1, dil, flops_per_out, out_hw):
-        positions = (self.s[0] // geo_out.g[0]) * (self.s[1] // geo_out.g[1])
+    def _record(self, layer: Layer, geo_in: Geo, geo_out: Geo, t1, dil, flops_per_out, out_hw, dense_factor=1.0):
+        positions = (self.s[0] // geo_out.g[0]) * (self.s[1] // geo_out.g[1]) * dense_factor
         if self._current in self.per_patch:            # runs once per output pixel, at patch size
             positions = out_hw[0] * out_hw[1]
         self.layers.append(LayerGeometry(
@@ -161,7 +152,7 @@ class Converter:
             self._current = node
             if node in self.per_patch:
                 # geometry and checks as usual; the emitted ops are discarded (the tail is rebuilt
-                # from the original nodes in _build_suffix)
+                # from the original nodes in _build_per_patch_tail)
                 self.graph, self.env = self.scratch, self.scratch_env
                 for a in node.all_input_nodes:
                     if a not in self.scratch_env:
@@ -172,18 +163,20 @@ class Converter:
             else:
                 self._visit(node)
         return Conversion(self.graph, self.attrs, self.layers, self.out_geo, self.num_classes, self.unsafe,
-                          self.suffix, [self.geo[b] for b in self.boundary])
+                          self.per_patch_tail, [self.geo[b] for b in self.tail_inputs])
 
-    def _build_suffix(self, out):
+    def _build_per_patch_tail(self, out, leaves):
         """The per-patch tail: the original nodes, fed with features gathered from dense maps."""
-        need, boundary = set(self.per_patch), []
+        need, tail_inputs = set(self.per_patch), []
+        # an output computed densely (another head) passes through the tail as a gathered input
+        tail_inputs += [a for a in leaves if a not in need]
 
         def visit_inputs(n):
             for a in n.all_input_nodes:
                 if a in need:
                     continue
-                if self.geo[a].kind in ("map", "flat") and a not in boundary:
-                    boundary.append(a)
+                if self.geo[a].kind in ("map", "flat") and a not in tail_inputs:
+                    tail_inputs.append(a)
                 elif self.geo[a].kind in ("shape", "const"):
                     need.add(a)                    # recomputed on per-patch tensors
                     visit_inputs(a)
@@ -191,7 +184,7 @@ class Converter:
         for n in list(self.per_patch):
             visit_inputs(n)
         g, env = torch.fx.Graph(), {}
-        for b in boundary:
+        for b in tail_inputs:
             env[b] = g.placeholder(b.name)
         for n in self.gm.graph.nodes:
             if n in need and n not in env:
@@ -200,9 +193,15 @@ class Converter:
                     self._module(n.target)
                 elif n.op == "get_attr":
                     self._attr(n.target)
-        g.output(env[out])
-        self.dense_graph.output(tuple(self.dense_env[b] for b in boundary))
-        self.suffix, self.boundary = g, boundary
+        for b in tail_inputs:
+            if b in self.split:
+                raise UnsupportedLayerError(
+                    f"the per-patch layers after a squeeze-excitation gate read '{b.name}', a map with partial "
+                    "ceil-mode windows: this combination has no exact dense form; choose a patch size for which "
+                    "every pooling window fits")
+        g.output(torch.fx.node.map_arg(out, lambda a: env[a]))
+        self.dense_graph.output(tuple(self.dense_env[b] for b in tail_inputs))
+        self.per_patch_tail, self.tail_inputs = g, tail_inputs
 
     def _visit(self, node):
         if node.op == "placeholder":
@@ -237,29 +236,168 @@ class Converter:
             handler = self._getitem
         if handler is None:
             raise UnsupportedLayerError(f"layer '{layer.name}' cannot be converted exactly: {layer.extra.get('why')}")
+        self._check_layout(node, layer)
+        if layer.kind in WINDOW_KINDS:
+            handler(node, layer)                 # reads its input's edge maps itself
+        else:
+            self._per_variant(node, layer, handler)
+
+    # ---- edge maps of partial windows ------------------------------------------------------------
+    @staticmethod
+    def _keys(split):
+        """The map classes of a node: per axis 0 (interior) and, where split, 1 (last position)."""
+        return [(cy, cx) for cy in ((0, 1) if split[0] else (0,)) for cx in ((0, 1) if split[1] else (0,))]
+
+    def _var(self, n, key):
+        """The dense map that holds node n's features of class key (an unsplit axis has one map)."""
+        if n not in self.split:
+            return self.env[n]
+        sy, sx = self.split[n]
+        return self.variants[n][(key[0] if sy else 0, key[1] if sx else 0)]
+
+    def _set_variants(self, node, split, variants):
+        self.env[node] = variants[(0, 0)]
+        if any(split):
+            self.split[node], self.variants[node] = tuple(split), variants
+        else:
+            self.split.pop(node, None)
+            self.variants.pop(node, None)
+
+    def _per_variant(self, node, layer, handler):
+        """A layer that treats every position alike runs once per map class of its inputs."""
+        inputs = [a for a in node.all_input_nodes if a in self.split]
+        if inputs and node in self.per_patch:
+            raise UnsupportedLayerError(
+                f"layer '{layer.name}' runs per patch after a patch-global gate (squeeze-excitation) and reads a "
+                f"map with partial ceil-mode windows ('{inputs[0].name}'): this combination has no exact dense form; "
+                "choose a patch size for which every pooling window fits")
         handler(node, layer)
+        if not inputs:
+            return
+        split = tuple(any(self.split[a][ax] for a in inputs) for ax in range(2))
+        saved, variants = {a: self.env[a] for a in inputs}, {(0, 0): self.env[node]}
+        for key in self._keys(split)[1:]:
+            for a in inputs:
+                self.env[a] = self._var(a, key)
+            handler(node, layer)
+            variants[key] = self.env[node]
+        self.env.update(saved)
+        self._set_variants(node, split, variants)
+
+    def _pick_class(self, node, pick):
+        """Axes with pick[ax] in (0, 1) become unsplit, keeping the map of that class."""
+        if node not in self.split:
+            return
+        split = self.split[node]
+        new = tuple(split[ax] and pick[ax] is None for ax in range(2))
+        variants = {key: self.variants[node][tuple(pick[ax] if split[ax] and pick[ax] is not None else key[ax]
+                                                   for ax in range(2))] for key in self._keys(new)}
+        self._set_variants(node, new, variants)
+
+    def _plan(self, layer, x, n_in, n_out):
+        """Per axis: whether the output keeps an edge map, and per output class the tap groups
+        [(first tap, end tap, input class)] its windows combine (docs/algorithm.md).
+
+        Only a layer's last window can be partial (ceil_mode), and only it can read the input's last
+        position; every other window reads interior positions through all k taps."""
+        split_in = self.split.get(x, (False, False))
+        split_out, groups = [], []
+        for ax in range(2):
+            k, t, dl = layer.kernel[ax], layer.stride[ax], layer.dilation[ax]
+            rest = n_in[ax] - 1 - (n_out[ax] - 1) * t       # first tap of the last window -> end of the map
+            if rest < 0:
+                raise PatchSizeError(f"layer '{layer.name}': with patch size {self.patch_size} its last window "
+                                     f"starts past the edge of its {tuple(n_in)} input")
+            k_last = min(k, rest // dl + 1)                 # taps of the last window inside the map
+            hit = split_in[ax] and rest % dl == 0 and rest // dl < k    # its tap k_last-1 reads the last position
+            cuts = sorted({0, k, k_last} | ({k_last - 1} if hit else set()))
+            spans = list(zip(cuts, cuts[1:]))
+            interior = [(a, b, 0) for a, b in spans]
+            last = [(a, b, int(hit and a == k_last - 1)) for a, b in spans if b <= k_last]
+            if n_out[ax] == 1:                              # the only position is the last one
+                split_out.append(False)
+                groups.append({0: last})
+            elif k_last < k or hit:
+                split_out.append(True)
+                groups.append({0: interior, 1: last})
+            else:
+                split_out.append(False)
+                groups.append({0: [(0, k, 0)]})
+        plain = not any(split_out) and all(groups[ax][0] == [(0, layer.kernel[ax], 0)] for ax in range(2))
+        return plain, tuple(split_out), groups
+
+    def _emit_windows(self, node, x, split_out, groups, dil, term, combine):
+        """Each output class as a combination of sub-window terms on its inputs' class maps; a term
+        shared by several classes is computed once. Returns the taps computed per position."""
+        cache, variants, taps = {}, {}, 0
+        for key in self._keys(split_out):
+            gy, gx = groups[0][key[0]], groups[1][key[1]]
+            terms = []
+            for y0, y1, cy in gy:
+                for x0, x1, cx in gx:
+                    ck = (y0, y1, cy, x0, x1, cx)
+                    if ck not in cache:
+                        src = self._var(x, (cy, cx))
+                        if y0 or x0:    # taps from y0, x0 on: the same window on a shifted map
+                            src = self.graph.call_function(
+                                operator.getitem, (src, (Ellipsis, slice(y0 * dil[0], None), slice(x0 * dil[1], None))))
+                        cache[ck] = term(src, (y0, y1), (x0, x1))
+                        taps += (y1 - y0) * (x1 - x0)
+                    terms.append(cache[ck])
+            variants[key] = combine(terms, gy[-1][1] * gx[-1][1])
+        self._set_variants(node, split_out, variants)
+        return taps
+
+    def _combine(self, terms, fn):
+        if len(terms) == 1:
+            return terms[0]
+        out = None
+        for t in terms:
+            t = self.graph.call_function(ops.trim_to_smallest, (t, *[o for o in terms if o is not t]))
+            out = t if out is None else self.graph.call_function(fn, (out, t))
+        return out
+
+    def _check_layout(self, node, layer):
+        moved = [a for a in node.all_input_nodes if a in self.layout]
+        if not moved or layer.kind in ("transpose", "reshape", "linear") or \
+                (layer.kind == "pointwise" and _layout_free(node, layer)):
+            return
+        raise UnsupportedLayerError(
+            f"layer '{layer.name}' reads the output of '{self.layout[moved[0]][1]}', which moves the spatial dims "
+            f"(dims now in order {self.layout[moved[0]][0]}): that moves spatial data, which no dense map can "
+            "hold; only a flatten followed by a Linear layer converts after such a permute (the Linear then "
+            "reads its weight in the permuted order)")
 
     def _output(self, node):
+        """One per-patch output, or a tuple/list/dict of them (several heads): the same structure
+        of dense maps, each checked alone."""
         out = node.args[0]
-        if not isinstance(out, torch.fx.Node):
-            raise UnsupportedLayerError("the classifier returns several outputs; a patch classifier returns one "
-                                        "tensor of class scores (N, K) or (N, K, 1, 1)")
-        geo, shape = self.geo[out], tuple(self.values[out].shape)
-        if not (geo.kind == "flat" and len(shape) == 2 and geo.hw == (1, 1)) and \
-                not (geo.kind == "map" and len(shape) == 4 and shape[2:] == (1, 1)):
-            raise PatchSizeError(
-                f"for patch size {self.patch_size} the classifier returns shape {shape}; a patch classifier "
-                "must return (N, K) or (N, K, 1, 1): choose the patch size that gives a 1x1 output "
-                "(fcnseg.strip_padding and fcnseg.geometry compute it)")
-        self.out_geo = geo
-        self.num_classes = shape[1]
-        if geo.g != self.s:
-            raise OutputStrideError(f"output_stride {self.s} exceeds the network's total stride {geo.d}")
-        self.suffix, self.boundary = None, []
-        if out in self.per_patch:
-            self._build_suffix(out)
+        leaves = []
+        torch.fx.node.map_aggregate(out, lambda a: leaves.append(a))
+        if not leaves or any(not isinstance(a, torch.fx.Node) for a in leaves):
+            raise UnsupportedLayerError("the classifier returns something other than tensors of class scores "
+                                        "(a tensor (N, K) or (N, K, 1, 1), or a tuple, list or dict of them)")
+        for a in leaves:
+            geo, shape = self.geo[a], tuple(self.values[a].shape)
+            if not (geo.kind == "flat" and len(shape) == 2 and geo.hw == (1, 1)) and \
+                    not (geo.kind == "map" and len(shape) == 4 and shape[2:] == (1, 1)):
+                which = "" if len(leaves) == 1 else f" output '{a.name}' of"
+                raise PatchSizeError(
+                    f"for patch size {self.patch_size}{which} the classifier returns shape {shape}; a patch "
+                    "classifier must return (N, K) or (N, K, 1, 1): choose the patch size that gives a 1x1 output "
+                    "(fcnseg.strip_padding and fcnseg.geometry compute it)")
+            if geo.g != self.s:
+                raise OutputStrideError(f"output_stride {self.s} exceeds the network's total stride {geo.d}")
+            assert a not in self.split, "a 1x1 output has no edge map"
+        first = self.geo[leaves[0]]
+        rf = tuple(max(self.geo[a].rf[ax] for a in leaves) for ax in range(2))
+        self.out_geo = Geo(first.kind, first.hw, first.d, first.g, rf, first.offset)
+        self.num_classes = int(self.values[leaves[0]].shape[1])     # of the first head
+        self.per_patch_tail, self.tail_inputs = None, []
+        if any(a in self.per_patch for a in leaves):
+            self._build_per_patch_tail(out, leaves)
         else:
-            self.graph.output(self.env[out])
+            self.graph.output(torch.fx.node.map_arg(out, lambda a: self.env[a]))
 
     # ---- spatial layers ------------------------------------------------------------------------
     def _spatial_in(self, node, layer):
@@ -273,16 +411,11 @@ class Converter:
         return x, geo
 
     def _window(self, node, layer, x, geo):
-        """Checks the windows fit the patch's map, then returns the dense stride, dilation and geo."""
+        """The dense stride, dilation and geo of a windowed layer."""
         h_in = self.values[x].shape[-2:]
         out_val = self.values[node]
         h_out = out_val.shape[-2:] if out_val.dim() == 4 else (1, 1)   # global pooling without keepdim
-        for ax in range(2):
-            span = (h_out[ax] - 1) * layer.stride[ax] + layer.dilation[ax] * (layer.kernel[ax] - 1) + 1
-            if span > h_in[ax]:
-                raise PatchSizeError(
-                    f"layer '{layer.name}': with patch size {self.patch_size} its last window runs past the "
-                    f"edge of its {tuple(h_in)} input (ceil_mode); choose a patch size for which every window fits")
+        # a last window past the edge of the map (ceil_mode) is handled by _plan
         t1, g = self._step(geo, layer.stride, layer.name)
         dil = _mul(layer.dilation, geo.r)
         d = _mul(geo.d, layer.stride)
@@ -299,28 +432,67 @@ class Converter:
             b = self._attr(layer.bias) if layer.bias is not None else None
         else:
             w, b = self._map(node.args[1]), self._map(layer.bias)
-        self.env[node] = self.graph.call_function(F.conv2d, (self.env[x], w, b, t1, 0, dil, layer.groups))
+        taps = self._conv_windows(node, layer, x, self.values[x].shape[-2:], out.hw, w, b, t1, dil, layer.groups)
         self.geo[node] = out
         c_out, c_in_g = w_val.shape[0], w_val.shape[1]
-        self._record(layer, geo, out, t1, dil, 2 * c_in_g * layer.kernel[0] * layer.kernel[1] * c_out,
-                     out.hw)
+        k = layer.kernel[0] * layer.kernel[1]
+        self._record(layer, geo, out, t1, dil, 2 * c_in_g * k * c_out, out.hw, taps / k)
+
+    def _conv_windows(self, node, layer, x, n_in, n_out, w, b, t1, dil, groups):
+        """conv2d(x, w) in the dense network; with edge maps, a sum of convolutions with slices of w
+        (views: gradients reach w). Returns the taps computed per position."""
+        plain, split_out, plan = self._plan(layer, x, n_in, n_out)
+        if plain:
+            self.env[node] = self.graph.call_function(F.conv2d, (self.env[x], w, b, t1, 0, dil, groups))
+            return layer.kernel[0] * layer.kernel[1]
+
+        def term(src, ry, rx):
+            full = ry == (0, layer.kernel[0]) and rx == (0, layer.kernel[1])
+            w_sub = w if full else self.graph.call_function(
+                operator.getitem, (w, (slice(None), slice(None), slice(*ry), slice(*rx))))
+            # the bias once per output class: every class has exactly one term starting at tap (0, 0)
+            bias = b if ry[0] == 0 and rx[0] == 0 else None
+            return self.graph.call_function(F.conv2d, (src, w_sub, bias, t1, 0, dil, groups))
+
+        return self._emit_windows(node, x, split_out, plan, dil, term,
+                                  lambda terms, _: self._combine(terms, operator.add))
 
     def _pool(self, node, layer):
         x, geo = self._spatial_in(node, layer)
         t1, dil, out = self._window(node, layer, x, geo)
-        xn = self.env[x]
-        if layer.kernel == (1, 1) and t1 == (1, 1) and layer.divisor in (None, 1):
-            y = xn           # a 1x1 window at stride 1 (adaptive pooling at its own size) is the identity
+        c = int(self.values[x].shape[1])
+        plain, split_out, plan = self._plan(layer, x, self.values[x].shape[-2:], out.hw)
+        k = layer.kernel[0] * layer.kernel[1]
+        if plain:
+            self.env[node] = self._pool_window(layer, self.env[x], layer.kernel, t1, dil, layer.divisor, c)
+            taps = k
         elif layer.pool == "max":
-            y = self.graph.call_function(F.max_pool2d, (xn, layer.kernel, t1, 0, dil))
-        elif dil == (1, 1):
-            y = self.graph.call_function(F.avg_pool2d, (xn, layer.kernel, t1, 0, False, True, layer.divisor))
+            taps = self._emit_windows(
+                node, x, split_out, plan, dil,
+                lambda src, ry, rx: self._pool_window(layer, src, (ry[1] - ry[0], rx[1] - rx[0]), t1, dil, None, c),
+                lambda terms, _: self._combine(terms, torch.maximum))
         else:
-            y = self.graph.call_function(ops.avg_pool2d_dilated, (xn, layer.kernel, t1, dil, layer.divisor,
-                                                                  int(self.values[x].shape[1])))
-        self.env[node], self.geo[node] = y, out
-        c = self.values[x].shape[1]
-        self._record(layer, geo, out, t1, dil, c * layer.kernel[0] * layer.kernel[1], out.hw)
+            # window sums, added, then divided once by the class's divisor: for a partial window
+            # PyTorch divides by the taps inside the map (padding 0), or by divisor_override
+            def mean(terms, size):
+                return self.graph.call_function(operator.truediv, (self._combine(terms, operator.add),
+                                                                   float(layer.divisor or size)))
+            taps = self._emit_windows(
+                node, x, split_out, plan, dil,
+                lambda src, ry, rx: self._pool_window(layer, src, (ry[1] - ry[0], rx[1] - rx[0]), t1, dil, 1, c),
+                mean)
+        self.geo[node] = out
+        self._record(layer, geo, out, t1, dil, c * k, out.hw, taps / k)
+
+    def _pool_window(self, layer, xn, kernel, t1, dil, divisor, channels):
+        if kernel == (1, 1) and t1 == (1, 1) and divisor in (None, 1):
+            return xn        # a 1x1 window at stride 1 (adaptive pooling at its own size) is the identity
+        if layer.pool == "max":
+            return self.graph.call_function(F.max_pool2d, (xn, kernel, t1, 0, dil))
+        if dil == (1, 1) and divisor != 1:
+            return self.graph.call_function(F.avg_pool2d, (xn, kernel, t1, 0, False, True, divisor))
+        # window sums (divisor 1) as a depthwise convolution: exports everywhere, unlike divisor_override
+        return self.graph.call_function(ops.avg_pool2d_dilated, (xn, kernel, t1, dil, divisor, channels))
 
     def _adaptive(self, node, layer):
         x = node.args[0]
@@ -352,11 +524,11 @@ class Converter:
         dims = {int(d) % nd for d in dims}
         if self.geo[x].kind == "flat":
             if self.geo[x].hw == (1, 1) and dims == {1} and layer.extra.get("keepdim"):
-                return self._pointwise(node, layer)      # a sum over classes/features, kept as (N, 1)
+                return self._per_variant(node, layer, self._pointwise)   # a sum over features, kept as (N, 1)
             raise UnsupportedLayerError(f"layer '{layer.name}' reduces a flattened feature vector; only "
                                         "reductions with keepdim=True over the features of a 1x1 vector convert")
         if not dims & {nd - 2, nd - 1}:           # a reduction over channels is pointwise in space
-            return self._pointwise(node, layer)
+            return self._per_variant(node, layer, self._pointwise)
         if dims != {nd - 2, nd - 1} or nd != 4:
             raise UnsupportedLayerError(f"layer '{layer.name}' reduces over dims {sorted(dims)}; only global "
                                         "pooling over both spatial dims of an (N, C, H, W) map converts")
@@ -379,13 +551,19 @@ class Converter:
         b = (self._attr(layer.bias) if layer.bias is not None else None) if layer.module is not None \
             else self._map(layer.bias)
         # (out, C*h*w) -> (out, C, h, w): the FC layer is an h x w convolution over the last map
-        w4 = self.graph.call_method("view", (wn, out_f, c, h, w))
+        order = self.layout[x][0] if x in self.layout else IDENTITY_4D
+        sizes = (None, c, h, w)
+        w4 = self.graph.call_method("view", (wn, out_f, *[sizes[d] for d in order[1:]]))
+        if order != IDENTITY_4D:
+            # the patch flattened its map in another dim order (an NHWC port): the same weight, read
+            # through a permuted view (no copy; gradients reach the weight)
+            w4 = self.graph.call_method("permute", (w4, 0, *[1 + order[1:].index(d) for d in (1, 2, 3)]))
         dil = geo.r
-        self.env[node] = self.graph.call_function(F.conv2d, (self.env[x], w4, b, (1, 1), 0, dil, 1))
+        layer.kernel, layer.stride, layer.dilation = (h, w), (1, 1), (1, 1)
+        taps = self._conv_windows(node, layer, x, (h, w), (1, 1), w4, b, (1, 1), dil, 1)
         rf = tuple(geo.rf[a] + (geo.hw[a] - 1) * geo.d[a] for a in range(2))
         self.geo[node] = Geo("flat", (1, 1), geo.d, geo.g, rf, geo.offset)
-        layer.kernel = (h, w)
-        self._record(layer, geo, self.geo[node], (1, 1), dil, 2 * shape[1] * out_f, (1, 1))
+        self._record(layer, geo, self.geo[node], (1, 1), dil, 2 * shape[1] * out_f, (1, 1), taps / (h * w))
 
     # ---- layout ----------------------------------------------------------------------------------
     def _reshape(self, node, layer):
@@ -396,6 +574,12 @@ class Converter:
             self.env[node] = xn if geo.kind == "flat" or len(s_in) == 4 else \
                 self.graph.call_function(ops.reshape_keep_spatial, (xn, (math.prod(s_in[1:-2]),)))
             self.geo[node] = Geo("flat", geo.hw, geo.d, geo.g, geo.rf, geo.offset)
+            if x in self.layout:
+                self.layout[node] = self.layout[x]     # read by a Linear layer in the permuted order
+        elif x in self.layout:
+            raise UnsupportedLayerError(
+                f"layer '{layer.name}' reshapes {s_in} to {s_out} after '{self.layout[x][1]}' permuted the spatial "
+                "dims: that moves spatial data; only a flatten to (N, features) followed by a Linear layer converts")
         elif geo.kind == "flat" and len(s_out) == 4 and s_out[2:] == geo.hw:  # unflatten (N, C, h, w)
             self.env[node] = xn
             self.geo[node] = Geo("map", geo.hw, geo.d, geo.g, geo.rf, geo.offset)
@@ -407,14 +591,33 @@ class Converter:
                                         "(N, C, h, w) -> (N, C*h*w) and reshapes of the channel dims convert")
 
     def _transpose(self, node, layer):
-        nd = self.values[node.args[0]].dim()
-        dims = [a for a in layer.extra["args"] if isinstance(a, int)]
-        moved = {d % nd for d in dims} if node.target in ("transpose", torch.transpose) else \
-            {i for i, d in enumerate(dims) if d % nd != i}
-        if moved & {0, nd - 2, nd - 1}:
-            raise UnsupportedLayerError(f"layer '{layer.name}' moves the batch or spatial dims; only channel dims "
+        x = node.args[0]
+        nd = self.values[x].dim()
+        args = layer.extra["args"]
+        dims = [int(a) % nd for a in (args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args)]
+        order = list(range(nd))
+        if node.target in ("transpose", torch.transpose):
+            order[dims[0]], order[dims[1]] = order[dims[1]], order[dims[0]]
+        else:
+            order = dims
+        moved = {i for i in range(nd) if order[i] != i}
+        if 0 in moved:
+            raise UnsupportedLayerError(f"layer '{layer.name}' moves the batch dim; only channel and spatial dims "
                                         "may be permuted")
-        self._pointwise(node, layer)
+        if not moved & {nd - 2, nd - 1} and x not in self.layout:
+            return self._pointwise(node, layer)          # channel dims only
+        if nd != 4 or self.geo[x].kind != "map":
+            raise UnsupportedLayerError(f"layer '{layer.name}' moves the spatial dims of a {nd}-D tensor; only "
+                                        "permutes of an (N, C, H, W) map that a flatten + Linear then read convert")
+        # the dense map stays (N, C, H, W); the permuted order is remembered for the Linear layer
+        # that reads it after a flatten (any other reader is refused in _check_layout)
+        before = self.layout[x][0] if x in self.layout else IDENTITY_4D
+        after = tuple(before[d] for d in order)
+        self.env[node] = self.env[x]
+        self.geo[node] = self.geo[x]
+        self.layout.pop(node, None)
+        if after != IDENTITY_4D:
+            self.layout[node] = (after, layer.name)
 
     def _chunk(self, node, layer):
         nd = self.values[node.args[0]].dim()
@@ -436,6 +639,14 @@ class Converter:
         self.geo[node] = Geo("map", src.hw, src.d, src.g, src.rf, src.offset)
 
     def _crop(self, node, layer):
+        self._per_variant(node, layer, self._crop_map)
+        h_in, h_out = self.values[node.args[0]].shape[-2:], self.values[node].shape[-2:]
+        # the cropped map's last position is the input's last one only where nothing is cut at the
+        # bottom/right; a 1x1 crop has no interior
+        self._pick_class(node, [0 if h_in[a] - h_out[a] - (h_in[a] - h_out[a]) // 2 else 1 if h_out[a] == 1 else None
+                                for a in range(2)])
+
+    def _crop_map(self, node, layer):
         x = node.args[0]
         geo = self.geo[x]
         h_in, h_out = self.values[x].shape[-2:], self.values[node].shape[-2:]
@@ -455,7 +666,7 @@ class Converter:
             raise UnsupportedLayerError(f"layer '{layer.name}' has a parameter per flattened feature of a "
                                         f"{geo.hw} map: that is a parameter per position, which a dense pass "
                                         "cannot share")
-        if isinstance(layer.module, TRAIN_MODE_UNSAFE):
+        if isinstance(layer.module, TRAIN_MODE_UNSAFE) and (layer.name, layer.module) not in self.unsafe:
             self.unsafe.append((layer.name, layer.module))
         if isinstance(layer.module, nn.BatchNorm1d):
             # BatchNorm1d refuses 4-D input; the same affine map per channel via the functional form
@@ -468,6 +679,8 @@ class Converter:
             if node.op == "call_module":
                 self._module(node.target)
         self.geo[node] = Geo(geo.kind, geo.hw, geo.d, geo.g, geo.rf, geo.offset)
+        if x in self.layout:
+            self.layout[node] = self.layout[x]
 
     def _softmax(self, node, layer):
         x = node.args[0]
