@@ -103,7 +103,7 @@ class DenseClassifier(nn.Module):
                 feats.append(f.reshape(f.shape[0], -1) if geo.kind == "flat" else f)
             leaves, spec = tree_flatten(self.per_patch_tail(*feats))
             chunks.append([scores.reshape(n, len(chunk), -1) for scores in leaves])     # (N, M, K) each
-        maps_out = [torch.cat(parts, 1).transpose(1, 2).reshape(n, -1, ho, wo) for parts in zip(*chunks)]
+        maps_out = [torch.cat(parts, 1).transpose(1, 2).reshape(n, -1, ho, wo).contiguous() for parts in zip(*chunks)]
         return tree_unflatten(maps_out, spec)
 
     def forward(self, x: torch.Tensor):
@@ -125,7 +125,8 @@ def _build(gm, values, patch_size, s):
     body = torch.fx.GraphModule(conv.attrs, conv.graph, class_name="DenseBody")
     body.graph.eliminate_dead_code()
     body.recompile()
-    tail = None if conv.suffix is None else torch.fx.GraphModule(conv.attrs, conv.suffix, class_name="PerPatchTail")
+    tail = None if conv.per_patch_tail is None else \
+        torch.fx.GraphModule(conv.attrs, conv.per_patch_tail, class_name="PerPatchTail")
     return conv, body, tail
 
 
@@ -172,11 +173,11 @@ def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str
         raise PatchSizeError(f"{exc}. Patch sizes near {patch_size} that work: {near}") from None
     geo = build_geometry(conv, patch_size, c, s)
     return DenseClassifier(model, optimize_body(body, options), patch_size, s, pad_mode, pad_value, geo,
-                           conv.unsafe, conv.num_classes, tail, conv.boundary, options)
+                           conv.unsafe, conv.num_classes, tail, conv.tail_inputs, options)
 
 
 def geometry(model: nn.Module, patch_size=None, *, in_channels: int | None = None, output_stride=1) -> Geometry:
-    """Receptive field, strides, FLOPs of one patch and dense FLOPs per pixel (ALGORITHM.md section 6)."""
+    """Receptive field, strides, FLOPs of one patch and dense FLOPs per pixel (docs/algorithm.md, "Cost model")."""
     return densify(model, patch_size, in_channels=in_channels, output_stride=output_stride,
                    optimize=False).geometry
 

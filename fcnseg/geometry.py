@@ -1,7 +1,46 @@
-"""What a conversion costs and sees: receptive field, strides, FLOPs (ALGORITHM.md section 6)."""
+"""The geometry types of a conversion, in one place.
+
+- `Geo`: where one traced node's values live, patch network vs dense network (the converter's
+  per-node bookkeeping; docs/algorithm.md, "The output stride grid").
+- `LayerGeometry`: one layer's row of the cost table.
+- `Geometry`: what a whole conversion costs and sees: receptive field, strides, FLOPs
+  (docs/algorithm.md, "Cost model"); `fcnseg.geometry(model)` returns it.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+@dataclass
+class Geo:
+    """Where a node's values live: patch-network size, cumulative stride, dense grid and rate."""
+    kind: str                  # map (N, C.., h, w) | flat (N, C*h*w) | const | shape | tuple
+    hw: tuple = (1, 1)         # spatial size in the patch network (for flat: of the flattened map)
+    d: tuple = (1, 1)          # cumulative stride of the original network
+    g: tuple = (1, 1)          # stride kept in the dense network
+    rf: tuple = (1, 1)         # receptive field, input pixels
+    offset: tuple = (0, 0)     # top-left input pixel of feature (0, 0)'s receptive field
+
+    @property
+    def r(self):
+        """The dilation rate of the dense map: d / g."""
+        return (self.d[0] // self.g[0], self.d[1] // self.g[1])
+
+
+@dataclass
+class LayerGeometry:
+    name: str
+    kind: str
+    kernel: tuple
+    stride: tuple
+    out_size: tuple            # in the patch network
+    cum_stride: tuple          # after the layer
+    dense_stride: tuple
+    dense_dilation: tuple
+    receptive_field: tuple
+    offset: tuple
+    flops_patch: int
+    flops_dense: int           # per output pixel
 
 
 @dataclass

@@ -192,3 +192,73 @@ def make_image_tree(root: Path) -> Path:
 GOOD = ["a/b/photo.jpg", "a/b/pic.bmp", "a/gray16.png", "a/rgba.png", "rgb.png", "tiles/t.tif",
         "tiles/w.webp"]
 BAD = ["bad/broken.png", "bad/empty.jpg", "bad/text.png", "bad/truncated.png"]
+
+
+# ----------------------------------------------------- conversion: networks and the exactness check
+K = 7  # a class count no default (2, 10, 1000) can match
+
+
+def f64(m):
+    return m.double().eval()
+
+
+def lecture_net(c=3, k=K):
+    # the worked example of the lecture notes: 15x15 patch -> 1x1
+    return torch.nn.Sequential(torch.nn.Conv2d(c, 4, 2), torch.nn.MaxPool2d(2, 2), torch.nn.Conv2d(4, 5, 2),
+                               torch.nn.MaxPool2d(3, 3), torch.nn.Conv2d(5, k, 2))
+
+
+def alexnet_like(k=K):
+    # strided 11x11 conv, LRN, overlapping 3x3/2 max pooling, grouped conv, FC head with dropout
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 8, 11, stride=4), nn.ReLU(inplace=True), nn.LocalResponseNorm(5),
+                         nn.MaxPool2d(3, 2), nn.Conv2d(8, 12, 5, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                         nn.Flatten(), nn.Dropout(), nn.Linear(12 * 2 * 2, 16), nn.ReLU(), nn.Linear(16, k))
+
+
+class ResidualConcat(torch.nn.Module):
+    """A forward() with functional calls, a residual addition, a concatenation and view-flatten."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(3, 6, 3)
+        self.a = nn.Conv2d(6, 6, 1)
+        self.b = nn.Conv2d(6, 4, 1)
+        self.head = nn.Linear(10 * 3 * 3, 12)
+        self.fc = nn.Linear(12, K)
+        self.bn1d = nn.BatchNorm1d(12)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        x = F.relu(self.stem(x))
+        x = F.max_pool2d(x, 2)
+        x = x + torch.sigmoid(self.a(x))
+        x = torch.cat([x, F.elu(self.b(x))], dim=1)
+        x = F.avg_pool2d(x, 2)
+        x = x.view(x.size(0), -1)
+        x = self.bn1d(F.leaky_relu(self.head(x), 0.1))
+        return F.log_softmax(self.fc(x), dim=1)
+
+
+def check_dense(model, x, patch_size=None, *, output_stride=1, pad_mode="constant", pad_value=0.0, tol=1e-9,
+                pixels=None):
+    """Both forms of the dense network (densify's optimised default and optimize=False) == patchwise
+    at every grid pixel (or the given pixels); returns the largest relative error."""
+    import fcnseg
+    worst = 0.0
+    for optimize in (True, False):
+        dense = fcnseg.densify(model, patch_size, output_stride=output_stride, pad_mode=pad_mode,
+                               pad_value=pad_value, optimize=optimize)
+        n, _, h, w = x.shape
+        s = output_stride
+        with torch.no_grad():
+            out = dense(x)
+        for t in torch.utils._pytree.tree_leaves(out):
+            assert t.shape[-2:] == (-(-h // s), -(-w // s)) and t.is_contiguous()
+        result = fcnseg.compare_dense(dense, model, x, pixels, batch_size=512)
+        assert result.pixels > 0
+        assert result.ok(tol), (f"dense (optimize={optimize}) differs from patch-by-patch: relative error "
+                                f"{result.max_rel:.3g} > {tol:g}")
+        worst = max(worst, result.max_rel)
+    return worst

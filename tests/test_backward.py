@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import fcnseg
-from test_densify import K, ResidualConcat, alexnet_like
+from helpers import K, ResidualConcat, alexnet_like
 
 
 def _grads(model):

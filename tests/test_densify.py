@@ -5,33 +5,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import fcnseg
-from conftest import check_dense
-
-K = 7  # a class count no default (2, 10, 1000) can match
-
-
-def lecture_net(c=3, k=K):
-    # the worked example of the lecture notes: 15x15 patch -> 1x1
-    return nn.Sequential(nn.Conv2d(c, 4, 2), nn.MaxPool2d(2, 2), nn.Conv2d(4, 5, 2), nn.MaxPool2d(3, 3),
-                         nn.Conv2d(5, k, 2))
+from helpers import K, ResidualConcat, alexnet_like, check_dense, f64, lecture_net
 
 
 def lenet5(k=K):
-    # LeNet-5 as in the seeds: tanh, average pooling, three FC layers, 32x32 input
+    # LeNet-5 as in the lecture notes: tanh, average pooling, three FC layers, 32x32 input
     return nn.Sequential(nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), nn.Tanh(),
                          nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Tanh(), nn.Linear(120, 84),
                          nn.Tanh(), nn.Linear(84, k))
-
-
-def alexnet_like(k=K):
-    # strided 11x11 conv, LRN, overlapping 3x3/2 max pooling, grouped conv, FC head with dropout
-    return nn.Sequential(nn.Conv2d(3, 8, 11, stride=4), nn.ReLU(inplace=True), nn.LocalResponseNorm(5),
-                         nn.MaxPool2d(3, 2), nn.Conv2d(8, 12, 5, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-                         nn.Flatten(), nn.Dropout(), nn.Linear(12 * 2 * 2, 16), nn.ReLU(), nn.Linear(16, k))
-
-
-def f64(m):
-    return m.double().eval()
 
 
 def test_lecture_worked_example():
@@ -99,29 +80,6 @@ def test_dilated_grouped_bn_dropout_in_eval():
             m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
     p = fcnseg.find_patch_size(model, 4)
     check_dense(model, torch.randn(2, 4, 7, 8, dtype=torch.float64), p)
-
-
-class ResidualConcat(nn.Module):
-    """A forward() with functional calls, a residual addition, a concatenation and view-flatten."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 6, 3)
-        self.a = nn.Conv2d(6, 6, 1)
-        self.b = nn.Conv2d(6, 4, 1)
-        self.head = nn.Linear(10 * 3 * 3, 12)
-        self.fc = nn.Linear(12, K)
-        self.bn1d = nn.BatchNorm1d(12)
-
-    def forward(self, x):
-        x = F.relu(self.stem(x))
-        x = F.max_pool2d(x, 2)
-        x = x + torch.sigmoid(self.a(x))
-        x = torch.cat([x, F.elu(self.b(x))], dim=1)
-        x = F.avg_pool2d(x, 2)
-        x = x.view(x.size(0), -1)
-        x = self.bn1d(F.leaky_relu(self.head(x), 0.1))
-        return F.log_softmax(self.fc(x), dim=1)
 
 
 def test_custom_forward_residual_concat():

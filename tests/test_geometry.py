@@ -1,6 +1,6 @@
 """Receptive field, strides and the FLOP model, checked against hand counts."""
 import fcnseg
-from test_densify import K, lecture_net
+from helpers import K, lecture_net
 
 
 def test_lecture_net_geometry():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import fcnseg
-from test_densify import K, ResidualConcat, alexnet_like
+from helpers import K, ResidualConcat, alexnet_like
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fcnseg
-from conftest import check_dense
+from helpers import check_dense
 
 K = 7
 

@@ -2,7 +2,7 @@
 
     python tools/infer.py checkpoint=best.pt input=photos/ output=labels/
     python tools/infer.py checkpoint=best.pt input='slides/**/*.tif' output=out tile_size=1024
-    python tools/infer.py checkpoint=best.pt input=img.png output=out mode=patch region=[100,100,24,24]
+    python tools/infer.py checkpoint=best.pt input=img.png output=out check=true region=[100,100,24,24]
     torchrun --nproc_per_node=4 tools/infer.py checkpoint=best.pt input=big/ output=out device=cuda
 
 Configuration: conf/infer.yaml. Exit status 1 when any image failed (see

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import hydra
@@ -15,7 +14,6 @@ import torch
 from omegaconf import DictConfig
 
 import fcnseg
-from fcnseg.patch import pixel_index
 
 
 def load_model(cfg):
@@ -39,23 +37,6 @@ def load_input(cfg, in_channels, info, dtype):
     return prepare_image(read_image(cfg.image), in_channels, mean, std).unsqueeze(0).to(dtype)
 
 
-def choose_pixels(cfg, h, w, s):
-    grid = torch.zeros(h, w, dtype=torch.bool)
-    if cfg.pixels == "all":
-        grid[::s, ::s] = True
-        return grid
-    border = torch.zeros(h, w, dtype=torch.bool)
-    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    g = torch.Generator().manual_seed(cfg.seed)
-    pick = torch.zeros(h * w, dtype=torch.bool)
-    pick[torch.randperm(h * w, generator=g)[: cfg.sample]] = True
-    grid = border | pick.reshape(h, w)
-    on_grid = torch.zeros(h, w, dtype=torch.bool)
-    on_grid[::s, ::s] = True
-    # with an output stride, only grid pixels have a dense output; keep the border rows of the grid
-    return grid & on_grid | (on_grid & (torch.arange(h)[:, None] >= h - s)) | (on_grid & (torch.arange(w) >= w - s))
-
-
 def verify(cfg) -> bool:
     torch.manual_seed(cfg.seed)
     dtype = getattr(torch, cfg.dtype)
@@ -68,30 +49,21 @@ def verify(cfg) -> bool:
     geo = dense.geometry
     print(f"model {cfg.checkpoint or cfg.model}: patch {geo.patch_size}, total stride {geo.total_stride}, "
           f"receptive field {geo.receptive_field}, {geo.num_classes} classes, FLOP ratio {geo.flop_ratio:.0f}x")
-    mask = choose_pixels(cfg, h, w, s)
-    idx = pixel_index(mask, h, w)
+    # sampled: random pixels of the output grid plus its first and last rows and columns
+    pixels = fcnseg.grid_pixels(h, w, s) if cfg.pixels == "all" else \
+        fcnseg.sample_pixels(h, w, s, cfg.sample, seed=cfg.seed)
     with torch.inference_mode():
-        t0 = time.perf_counter()
-        out = dense(x)
-        t_dense = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ref = fcnseg.patchwise(model, x, pad_mode=pad_mode, pad_value=cfg.pad_value, pixels=mask,
-                               batch_size=cfg.batch_size)
-        t_patch = time.perf_counter() - t0
-    a = out[:, :, idx[:, 0] // s, idx[:, 1] // s]
-    b = ref[:, :, idx[:, 0], idx[:, 1]]
-    abs_err = (a - b).abs().max().item()
-    rel_err = abs_err / max(b.abs().max().item(), 1e-30)
+        result = fcnseg.compare_dense(dense, model, x, pixels, batch_size=cfg.batch_size)
     tol = cfg.tolerance if cfg.tolerance is not None else (1e-9 if dtype == torch.float64 else 1e-4)
-    labels_agree = (a.argmax(1) == b.argmax(1)).float().mean().item()
-    per_pixel_patch = t_patch / len(idx)
-    n_out = out.shape[-1] * out.shape[-2]
-    print(f"image {h}x{w}, {len(idx)} pixels compared (every border pixel of the output grid included)")
-    print(f"max abs error {abs_err:.3g}, max relative error {rel_err:.3g} (tolerance {tol:g}), "
-          f"labels agree at {100 * labels_agree:.2f}% of pixels")
-    print(f"dense: {t_dense * 1e3:.1f} ms for all {n_out} outputs; patch-by-patch: {per_pixel_patch * 1e3:.3f} ms "
-          f"per pixel -> {per_pixel_patch * n_out:.2f} s for all, {per_pixel_patch * n_out / t_dense:.0f}x slower")
-    ok = rel_err <= tol
+    per_pixel_patch = result.patch_seconds / max(result.pixels, 1)
+    n_out = -(-h // s) * -(-w // s)
+    print(f"image {h}x{w}, {result.pixels} pixels compared (every border pixel of the output grid included)")
+    print(f"max abs error {result.max_abs:.3g}, max relative error {result.max_rel:.3g} (tolerance {tol:g}), "
+          f"labels agree at {100 * result.label_agreement:.2f}% of pixels")
+    print(f"dense: {result.dense_seconds * 1e3:.1f} ms for all {n_out} outputs; patch-by-patch: "
+          f"{per_pixel_patch * 1e3:.3f} ms per pixel -> {per_pixel_patch * n_out:.2f} s for all, "
+          f"{per_pixel_patch * n_out / max(result.dense_seconds, 1e-9):.0f}x slower")
+    ok = result.ok(tol)
     print("PASS" if ok else "FAIL")
     return ok
 

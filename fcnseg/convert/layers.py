@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..ops import as_pair as _pair
 
 # Modules that act on each position (and, for norms, each channel) independently.
 POINTWISE_MODULES = (
@@ -67,14 +68,6 @@ class Layer:
     module: nn.Module | None = None
     dim: object = None
     extra: dict = field(default_factory=dict)
-
-
-def _pair(v):
-    if v is None:
-        return None
-    if isinstance(v, (tuple, list)):
-        return (int(v[0]), int(v[1])) if len(v) == 2 else (int(v[0]), int(v[0]))
-    return (int(v), int(v))
 
 
 def _arg(node, i, name, default=None):

@@ -32,9 +32,6 @@ from .paths import InputError, InputFile, check_output_path, find_collisions, fi
 from .tiling import (auto_tile_size, build_window, dense_padding, forward_windows, label_dtype, plan_tiles,
                      predict_tiled)
 
-MODES = ("dense", "patch")
-
-
 @dataclass
 class InferenceSettings:
     checkpoint: str
@@ -47,19 +44,19 @@ class InferenceSettings:
     batch_size: int = 8                   # small images (or tiles) per forward pass
     save_overlay: bool = False
     save_scores: bool = False             # float16 (K, H/s, W/s) .npy
-    mode: str = "dense"                   # dense | patch (check against the patch-by-patch reference)
-    region: Sequence[int] | None = None   # patch mode: (top, left, height, width); None: centre 32x32
+    check: bool = False                   # compare with the patch-by-patch reference on `region`, label nothing
+    region: Sequence[int] | None = None   # check: (top, left, height, width); None: centre 32x32
     output_stride: int = 1
     amp: bool = True                      # mixed precision on CUDA (bf16 where supported, else fp16)
     channels_last: bool = True
     summary: Sequence[str] = ("csv", "json")
     overlay_alpha: float = 0.5
-    patch_batch_size: int = 256           # patch mode: patches per classifier call
+    patch_batch_size: int = 256           # check: patches per classifier call
     dist_timeout_s: float = 7 * 24 * 3600  # how long rank 0 waits for the slowest rank
 
     def validate(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.check, bool):
+            raise ValueError(f"check must be true or false, got {self.check!r}")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.tile_size is None and not float(self.memory_mb) > 0:
@@ -143,7 +140,7 @@ class _Run:
                 check_output_path(p, self.out_dir)
                 remove_stale_temps(p)
             todo = [k for k in self.kinds if self.cfg.overwrite or not paths[k].exists()]
-            if self.cfg.mode == "dense" and not todo:
+            if not self.cfg.check and not todo:
                 self._add(summ.row(str(item.rel), "skipped", output=item.output_rel("labels"),
                                    error="results exist (overwrite=true to redo)"))
                 return None
@@ -157,8 +154,8 @@ class _Run:
             return None
 
     def process(self, job: _Job) -> None:
-        if self.cfg.mode == "patch":
-            return self._patch_check(job)
+        if self.cfg.check:
+            return self._check_against_patchwise(job)
         t0 = time.perf_counter()
         pred = self.pred
         try:
@@ -244,15 +241,15 @@ class _Run:
         self._add(summ.row(str(it.rel), "ok", output=it.output_rel("labels"), height=job.height,
                            width=job.width, seconds=job.seconds + time.perf_counter() - t0))
 
-    # -- patch mode ------------------------------------------------------------------------
-    def _patch_check(self, job: _Job) -> None:
+    # -- check=true -------------------------------------------------------------------------
+    def _check_against_patchwise(self, job: _Job) -> None:
         """Patch-by-patch reference on a small region vs the dense result there."""
         import fcnseg
         t0 = time.perf_counter()
         pred = self.pred
         try:
             if pred.dense is None:
-                raise ValueError("mode=patch needs a patch classifier; this checkpoint holds an "
+                raise ValueError("check=true needs a patch classifier; this checkpoint holds an "
                                  "already dense network (no patch size) and has no patch reference")
             H, W = job.height, job.width
             region = self.cfg.region
@@ -268,15 +265,13 @@ class _Run:
             pix = torch.cartesian_prod(rows, cols)  # (M, 2) pixels (i, j) on the output grid
             x = pred.transform(job.raw)[None]  # (1, C, H, W)
             p = next(pred.model.parameters())
-            with torch.no_grad():
-                ref = fcnseg.patchwise(pred.model, x.to(p.device, p.dtype), pred.patch_size,
-                                       pad_mode=pred.pad_mode, pad_value=pred.pad_value,
-                                       batch_size=self.cfg.patch_batch_size,
-                                       pixels=pix.to(p.device))
-            ref = ref[0][:, pix[:, 0], pix[:, 1]].float().cpu()  # (K, M)
-            dense = d.scores.reshape(d.scores.shape[0], -1).float()  # (K, M)
-            diff = float((ref - dense).abs().max())
-            mism = int((ref.argmax(0) != dense.argmax(0)).sum())
+            dense = d.scores.reshape(1, d.scores.shape[0], -1)  # (1, K, M), pixels in `pix` order
+            # the reference follows the checkpoint's patch rule, whatever the dense network says
+            result = fcnseg.compare_dense(pred.dense, pred.model, x.to(p.device, p.dtype), pix,
+                                          dense_scores=dense, batch_size=self.cfg.patch_batch_size,
+                                          patch_size=pred.patch_size, pad_mode=pred.pad_mode,
+                                          pad_value=pred.pad_value)
+            diff, mism = result.max_abs, result.label_mismatches
             self.log(f"{job.item.rel}: region {region}, {pix.shape[0]} pixels: max |dense - patch| "
                      f"= {diff:.3g}, labels differing: {mism}")
             self._add(summ.row(str(job.item.rel), "ok", height=H, width=W,

@@ -27,18 +27,9 @@ import torch
 from torch import nn
 
 from fcnseg import runtime
-
-PAD_MODES = ("constant", "reflect", "replicate")
+from fcnseg.ops import PAD_MODES, as_pair
 
 Transform = Callable[[np.ndarray], torch.Tensor]  # (h, w, C) raw -> (C, h, w) float
-
-
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"expected an int or a pair, got {v!r}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
 
 
 def dense_padding(dense: nn.Module, pad_mode: str | None = None, pad_value: float | None = None):
@@ -175,7 +166,7 @@ def plan_tiles(height: int, width: int, patch_size, stride: int, tile_size: int 
     tile_size is in image pixels (rounded down to a multiple of the output stride);
     None or <= 0 means one tile for everything.
     """
-    P, Q = _pair(patch_size)
+    P, Q = as_pair(patch_size)
     s = int(stride)
     if region is None:
         top, left, h, w = 0, 0, height, width
@@ -281,7 +272,7 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
     """
     mode, value = dense_padding(dense, pad_mode, pad_value)
     H, W = image_hw(image)
-    s = _pair(getattr(dense, "output_stride", 1))
+    s = as_pair(getattr(dense, "output_stride", 1))
     if s[0] != s[1]:
         raise ValueError(f"anisotropic output stride {s} is not supported by tiling")
     plan = plan_tiles(H, W, dense.patch_size, s[0], tile_size, region)
@@ -319,8 +310,8 @@ def _probe_activation_bytes(dense: nn.Module, in_channels: int, cells: int,
     """Run one window of ``cells`` x ``cells`` outputs; return its input bytes and the
     output bytes of every operator (in call order)."""
     dtype, device = _param_dtype_device(dense)
-    P, Q = _pair(dense.patch_size)
-    s = _pair(getattr(dense, "output_stride", 1))[0]
+    P, Q = as_pair(dense.patch_size)
+    s = as_pair(getattr(dense, "output_stride", 1))[0]
     x = torch.zeros(1, in_channels, (cells - 1) * s + P, (cells - 1) * s + Q, dtype=dtype)
     sizes: list[int] = []
     # every operator's output, functional calls included (a converted network is a graph of
@@ -353,7 +344,7 @@ def auto_tile_size(dense: nn.Module, in_channels: int, memory_mb: float, *, batc
     (its input, itself, a skip branch and allocator slack; measured on CPU: a 256 MB
     budget gave 240-310 MB of resident growth) plus the window and the scores.
     """
-    s = _pair(getattr(dense, "output_stride", 1))[0]
+    s = as_pair(getattr(dense, "output_stride", 1))[0]
     t1, t2 = 2, 4
     in1, a1 = _probe_activation_bytes(dense, in_channels, t1, amp, channels_last)
     in2, a2 = _probe_activation_bytes(dense, in_channels, t2, amp, channels_last)

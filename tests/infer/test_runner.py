@@ -154,10 +154,10 @@ def test_name_collision_and_escaping_symlink_fail_cleanly(ckpt, tmp_path):
     assert not list(outside.iterdir())
 
 
-def test_patch_mode_matches_dense(ckpt, tmp_path):
+def test_check_matches_dense(ckpt, tmp_path):
     img = save(tmp_path / "in" / "p.png", random_image(40, 36, 3, seed=11))
     lines = []
-    res = run_inference(settings(ckpt, img, tmp_path / "out", mode="patch", region=[0, 30, 6, 6],
+    res = run_inference(settings(ckpt, img, tmp_path / "out", check=True, region=[0, 30, 6, 6],
                                  tile_size=8), log=lines.append)
     (r,) = res.rows
     assert r["status"] == "ok" and r["pixels"] == 36
@@ -171,6 +171,6 @@ def test_patch_checker_sees_a_wrong_dense_net(ckpt, tmp_path):
     img = save(tmp_path / "in" / "p.png", random_image(30, 30, 3, seed=12))
     pred = load_predictor(ckpt, device="cpu")
     pred.dense = fcnseg.densify(pred.model, pred.patch_size, pad_mode="constant").eval()
-    res = run_inference(settings(ckpt, img, tmp_path / "out", mode="patch", region=[0, 0, 4, 4]),
+    res = run_inference(settings(ckpt, img, tmp_path / "out", check=True, region=[0, 0, 4, 4]),
                         predictor=pred, log=lambda m: None)
     assert res.rows[0]["max_abs_diff"] > 1e-3
