@@ -19,6 +19,11 @@ counts give byte-identical PNGs.
 
     python tools/make_demo_data.py                       # Debian package dataset-fashion-mnist
     python tools/make_demo_data.py --source DIR          # upstream *-ubyte.gz files in DIR
+
+With --patches it instead cuts the labelled-patch demo set (data/fashion_patches, the
+torchvision ImageFolder layout, see build_patches) from the scenes in --scenes:
+
+    python tools/make_demo_data.py --patches             # data/fashion_scenes -> data/fashion_patches
 """
 from __future__ import annotations
 
@@ -165,12 +170,69 @@ def build(source: Path, out: Path, n_train: int, n_val: int, size: int, seed: in
     return {"class_pixels": class_pixels, "mean": meta["mean"], "std": meta["std"]}
 
 
+def class_folder_name(name: str) -> str:
+    """A class name as a folder name: '/' and ' ' (t-shirt/top, ankle boot) become '-'."""
+    return name.replace("/", "-").replace(" ", "-")
+
+
+def build_patches(scenes: Path, out: Path, patch_size: int, per_class: dict[str, int], seed: int) -> dict:
+    """Labelled patches cut from a scene set in the folder layout (classes.json, {split}/images,
+    {split}/masks) into ``out/{split}/<class>/<scene>_<row>_<col>.png``.
+
+    A patch is labelled with the class of its centre pixel under the project's convention (the
+    patch for pixel (i, j) starts at (i - (P-1)//2, j - (P-1)//2)), so a classifier trained on them
+    labels pixel (i, j) of a whole image exactly as the dense network computes it. Only patches that
+    lie wholly inside their scene are cut (no padding is invented). ``per_class[split]`` centres are
+    drawn per class, uniformly among that class's pixels of the split, without replacement, so rare
+    garment classes are as frequent as the background; a class with fewer pixels gives them all.
+    Patches of one split come from that split's scenes only. The output folder is replaced.
+    """
+    from fcnseg.data.io import read_image, read_mask
+    from fcnseg.data.folder import list_images, read_classes_json
+
+    meta = read_classes_json(scenes)
+    if "names" not in meta:
+        raise SystemExit(f"{scenes}: no classes.json with class names; build the scenes first "
+                         "(python tools/make_demo_data.py)")
+    names = [class_folder_name(n) for n in meta["names"]]
+    if out.exists():
+        shutil.rmtree(out)  # stale patches of an earlier, larger build would stay in the classes
+    lo, hi = (patch_size - 1) // 2, patch_size // 2  # rows above / below the centre pixel
+    counts = {}
+    for split_index, (split, n_per_class) in enumerate(per_class.items()):
+        paths = list_images(scenes / split / "images")
+        images = [read_image(p)[:, :, 0] for p in paths]  # (H, W) gray uint8 scenes
+        masks = [read_mask(scenes / split / "masks" / f"{p.stem}.png") for p in paths]
+        centres: dict[int, list[np.ndarray]] = {k: [] for k in range(len(names))}
+        for s, m in enumerate(masks):
+            h, w = m.shape
+            ii, jj = np.mgrid[lo:h - hi, lo:w - hi]  # centres whose patch fits in the scene
+            ii, jj = ii.ravel(), jj.ravel()
+            labels = m[ii, jj]
+            for k in centres:
+                keep = labels == k
+                centres[k].append(np.stack([np.full(int(keep.sum()), s), ii[keep], jj[keep]], 1))
+        rng = np.random.default_rng([seed, split_index])
+        counts[split] = {}
+        for k, name in enumerate(names):
+            cand = np.concatenate(centres[k]) if centres[k] else np.zeros((0, 3), int)  # (M, 3) scene, i, j
+            pick = cand[np.sort(rng.choice(len(cand), min(n_per_class, len(cand)), replace=False))]
+            (out / split / name).mkdir(parents=True)
+            for s, i, j in pick:
+                patch = images[s][i - lo:i + hi + 1, j - lo:j + hi + 1]  # (P, P)
+                (out / split / name / f"{paths[s].stem}_{i:02d}_{j:02d}.png").write_bytes(encode_png(patch))
+            counts[split][name] = len(pick)
+    return counts
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", type=Path, default=DEBIAN_SOURCE,
                     help="folder with the Fashion-MNIST *-ubyte.gz files (default: %(default)s, "
                          "from the Debian package dataset-fashion-mnist)")
-    ap.add_argument("--out", type=Path, default=Path("data/fashion_scenes"), help="output folder (replaced)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder, replaced (default: data/fashion_scenes, or data/fashion_patches "
+                         "with --patches)")
     ap.add_argument("--n-train", type=int, default=1000)
     ap.add_argument("--n-val", type=int, default=200)
     ap.add_argument("--size", type=int, default=96, help="canvas side in pixels")
@@ -181,7 +243,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-scale", type=float, default=1.6, help="largest item size, as a multiple of 28 px")
     ap.add_argument("--min-visible", type=float, default=0.8,
                     help="fraction of each item's pixels that later items may not cover")
+    ap.add_argument("--patches", action="store_true",
+                    help="cut the labelled-patch demo set from the scenes in --scenes instead")
+    ap.add_argument("--scenes", type=Path, default=Path("data/fashion_scenes"),
+                    help="--patches: the scene set to cut from (default: %(default)s)")
+    ap.add_argument("--patch-size", type=int, default=44, help="--patches: patch side in pixels")
+    ap.add_argument("--per-class-train", type=int, default=40, help="--patches: train patches per class")
+    ap.add_argument("--per-class-val", type=int, default=15, help="--patches: val patches per class")
     args = ap.parse_args(argv)
+    if args.patches:
+        out = args.out or Path("data/fashion_patches")
+        counts = build_patches(args.scenes, out, args.patch_size,
+                               {"train": args.per_class_train, "val": args.per_class_val}, args.seed)
+        for split, per in counts.items():
+            print(f"{split}: {sum(per.values())} patches of {args.patch_size}x{args.patch_size} in {out / split} "
+                  f"({', '.join(f'{n} {c}' for n, c in per.items())})")
+        return
+    args.out = args.out or Path("data/fashion_scenes")
     info = build(args.source, args.out, args.n_train, args.n_val, args.size, args.seed,
                  min_items=args.min_items, max_items=args.max_items, scale=(args.min_scale, args.max_scale),
                  min_visible=args.min_visible)

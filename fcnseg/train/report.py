@@ -9,12 +9,14 @@ import numpy as np
 from fcnseg.runtime import atomic_path, colorize, write_text_atomic
 
 
-def iou_table(metrics, class_names):
-    lines = [f"{'class':<20} {'IoU':>7}", "-" * 28]
-    for name, iou in zip(class_names, metrics["per_class_iou"]):
-        lines.append(f"{name:<20} {'absent' if math.isnan(iou) else f'{iou:.4f}':>7}")
-    lines += ["-" * 28, f"{'mean IoU':<20} {metrics['miou']:>7.4f}",
-              f"{'pixel accuracy':<20} {metrics['pixel_acc']:>7.4f}"]
+def iou_table(metrics, class_names, column=("per_class_iou", "IoU"),
+              totals=(("miou", "mean IoU"), ("pixel_acc", "pixel accuracy"))):
+    """One row per class of metrics[column key], then the totals (key, label)."""
+    key, title = column
+    lines = [f"{'class':<20} {title:>9}", "-" * 30]
+    for name, v in zip(class_names, metrics[key]):
+        lines.append(f"{name:<20} {'absent' if math.isnan(v) else f'{v:.4f}':>9}")
+    lines += ["-" * 30] + [f"{label:<20} {metrics[k]:>9.4f}" for k, label in totals]
     return "\n".join(lines)
 
 
@@ -42,7 +44,8 @@ def write_csv(path, history):
     write_text_atomic(path, buf.getvalue())
 
 
-def plot_curves(path, history):
+def plot_curves(path, history, scores=(("val_miou", "mIoU"), ("val_pixel_acc", "pixel acc"))):
+    """Training loss and the validation scores (history key, label) per epoch."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -50,8 +53,8 @@ def plot_curves(path, history):
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(ep, [h["train_loss"] for h in history], "o-")
     ax[0].set(xlabel="epoch", ylabel="train loss", title="training loss")
-    ax[1].plot(ep, [h["val_miou"] for h in history], "o-", label="mIoU")
-    ax[1].plot(ep, [h["val_pixel_acc"] for h in history], "s--", label="pixel acc")
+    for (key, label), style in zip(scores, ("o-", "s--", "^:")):
+        ax[1].plot(ep, [h[key] for h in history], style, label=label)
     ax[1].set(xlabel="epoch", ylim=(0, 1), title="validation")
     ax[1].legend()
     fig.tight_layout()

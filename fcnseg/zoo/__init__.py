@@ -13,6 +13,7 @@ classifiers, as patch classifiers that `fcnseg.densify` converts exactly.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,25 +60,31 @@ def has_published_weights(name: str) -> bool:
 
 
 def create(name: str, num_classes: int, in_channels: int = 3, width_mult: float = 1.0,
-           padding: str = "valid", pretrained=False) -> nn.Module:
+           padding: str = "valid", pretrained=False, **options) -> nn.Module:
     """Build `name` as a patch classifier with a computed `patch_size` attribute.
 
     pretrained: False; True (the published ImageNet weights, downloaded by torchvision or
     timm); or a path to a local state dict (.pt/.pth via torch.load(weights_only=True), or
     .safetensors). With num_classes != the weights' classes the last layer keeps its fresh
-    initialisation and everything else must match exactly.
+    initialisation and everything else must match exactly. options: the builder's own
+    keywords, e.g. patch_size= for patchnet (its layers computed for that patch).
     """
     s = spec(name)
     if padding not in ("valid", "same"):
         raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
     if width_mult <= 0:
         raise ValueError(f"width_mult must be positive, got {width_mult}")
-    model = s.build(num_classes, in_channels, width_mult)
+    unknown = sorted(set(options) - set(inspect.signature(s.build).parameters))
+    if unknown:
+        raise TypeError(f"fcnseg.zoo: {name} takes no option {', '.join(unknown)}; its builder's "
+                        f"keywords are {list(inspect.signature(s.build).parameters)}")
+    model = s.build(num_classes, in_channels, width_mult, **options)
     if pretrained is not False and pretrained is not None:
         load_pretrained(model, name, s.published, pretrained, width_mult=width_mult)
     if padding == "same":
         size = s.input_size()
-        model.patch_size = (size, size)
+        # a builder that computed its patch (patchnet's patch_size=) knows it better than the default
+        model.patch_size = tuple(getattr(model, "patch_size", None) or (size, size))
         return model
     from fcnseg import strip_padding  # the core; imported late so the zoo lists without it
 
