@@ -136,3 +136,16 @@ def test_mtcnn_like_backward():
     model = f64(RNet())
     for head in (0, 1):
         grads_match(model, torch.randn(1, 3, 4, 5, dtype=torch.float64), 24, key=head)
+
+
+def test_partial_windows_before_a_per_patch_gate_refuse():
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool, self.head = nn.Conv2d(2, 4, 3), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Conv2d(4, K, 4)
+
+        def forward(self, x):
+            f = self.pool(self.conv(x))                       # 8 -> 4, partial
+            return self.head(f * f.mean((2, 3), keepdim=True))
+    with pytest.raises(fcnseg.UnsupportedLayerError, match=r"layer 'mul'.*partial ceil-mode windows \('pool'\)"):
+        fcnseg.densify(Gated().double(), 10)

@@ -59,3 +59,26 @@ def test_heads_of_different_sizes_are_checked_one_by_one():
             return self.cls(f), f                         # the second output is a 2x2 map
     with pytest.raises(fcnseg.PatchSizeError, match=r"output 'relu|output 'conv2'.*\(1, 6, 2, 2\)"):
         fcnseg.densify(Bad("tuple").double(), 10)
+
+
+class GatedHeads(nn.Module):
+    """Squeeze-excitation before two heads (run per patch) and a third head computed densely."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.gate = nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 1)
+        self.h1, self.h2 = nn.Conv2d(4, 3, 6), nn.Conv2d(4, 2, 6)
+
+    def forward(self, x):
+        f = self.conv(x)
+        g = f * torch.sigmoid(self.gate(f.mean((2, 3), keepdim=True)))
+        return {"a": self.h1(g), "b": self.h2(g), "plain": self.h1(f)}
+
+
+def test_heads_after_a_squeeze_excitation_gate():
+    model = GatedHeads().double().eval()
+    x = torch.randn(1, 2, 6, 7, dtype=torch.float64)
+    out = fcnseg.densify(model, 8)(x)
+    assert list(out) == ["a", "b", "plain"]
+    for key in out:
+        check_dense(Head(model, key), x, 8)
