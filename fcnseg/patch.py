@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .ops import as_pair, pad_image
 
@@ -54,7 +55,8 @@ def patchwise(model: nn.Module, x: torch.Tensor, patch_size=None, *, pad_mode="c
               batch_size: int = 256, pixels=None) -> torch.Tensor:
     """Scores (N, K, H, W) from classifying the patch of every pixel (NaN where not requested).
 
-    At most `batch_size` patches of one image are in memory at a time.
+    At most `batch_size` patches of one image are in memory at a time. A classifier with several
+    outputs (a tuple, list or dict of per-patch tensors) gives the same structure of score maps.
     """
     if x.dim() != 4:
         raise ValueError(f"expected an image batch (N, C, H, W), got shape {tuple(x.shape)}")
@@ -62,16 +64,19 @@ def patchwise(model: nn.Module, x: torch.Tensor, patch_size=None, *, pad_mode="c
     n, _, h, w = x.shape
     idx = pixel_index(pixels, h, w, x.device)
     xp = pad_image(x, (p, q), pad_mode, pad_value)
-    out = None
+    outs, spec = None, None
     step = max(1, batch_size // max(n, 1))             # pixels per batch: n patches each
     for start in range(0, len(idx), step):
         chunk = idx[start : start + step]
-        scores = model(crop_patches(x, chunk, (p, q), padded=xp))
-        scores = scores.reshape(n, len(chunk), -1)                         # (N, M, K)
-        if out is None:
-            out = torch.full((n, scores.shape[-1], h, w), float("nan"), dtype=scores.dtype, device=x.device)
-        out[:, :, chunk[:, 0], chunk[:, 1]] = scores.transpose(1, 2)
-    if out is None:  # no pixel requested: still tell the caller the class count
-        k = model(torch.zeros(1, x.shape[1], p, q, dtype=x.dtype, device=x.device)).reshape(1, -1).shape[1]
-        out = torch.full((n, k, h, w), float("nan"), dtype=x.dtype, device=x.device)
-    return out
+        leaves, spec = tree_flatten(model(crop_patches(x, chunk, (p, q), padded=xp)))
+        for i, scores in enumerate(leaves):
+            scores = scores.reshape(n, len(chunk), -1)                     # (N, M, K)
+            if outs is None or len(outs) <= i:
+                outs = (outs or []) + [torch.full((n, scores.shape[-1], h, w), float("nan"), dtype=scores.dtype,
+                                                  device=x.device)]
+            outs[i][:, :, chunk[:, 0], chunk[:, 1]] = scores.transpose(1, 2)
+    if outs is None:  # no pixel requested: still tell the caller the class counts
+        leaves, spec = tree_flatten(model(torch.zeros(1, x.shape[1], p, q, dtype=x.dtype, device=x.device)))
+        outs = [torch.full((n, t.reshape(1, -1).shape[1], h, w), float("nan"), dtype=x.dtype, device=x.device)
+                for t in leaves]
+    return tree_unflatten(outs, spec)
