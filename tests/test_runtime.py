@@ -132,6 +132,23 @@ def test_inference_takes_its_precision_from_the_one_rule(monkeypatch):
     assert asked == [("cpu", True), ("cpu", False)]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_and_precision_rule_on_a_real_gpu(no_torchrun):
+    import fcnseg
+    dev = runtime.pick_device("auto")
+    assert dev == torch.device("cuda", 0)
+    want = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert runtime.amp_dtype(dev) is want
+    assert runtime.grad_scaler(dev, want).is_enabled() == (want is torch.float16)
+    env = runtime.init_distributed("auto")  # one process: selects the GPU, joins no group
+    assert env.device == dev and torch.cuda.current_device() == 0 and not env.enabled
+    dense = fcnseg.densify(toy_model(num_classes=3, in_channels=1).to(dev))
+    x = torch.randn(2, 1, 21, 21)
+    assert forward_windows(dense, x, amp=True).dtype is want
+    assert forward_windows(dense, x, amp=False).dtype == torch.float32
+
+
 # ----------------------------------------------------------------- seeding, determinism
 def _draws():
     return random.random(), float(np.random.rand()), float(torch.rand(()))

@@ -77,3 +77,18 @@ def test_dense_network_runs_whole_padded_to_its_stride(smp_checkpoint):
 def test_output_stride_is_refused_for_a_dense_network(smp_checkpoint):
     with pytest.raises(ValueError, match="already dense network.*output_stride=2"):
         load_predictor(smp_checkpoint, device="cpu", output_stride=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_predictor_gives_the_cpu_labels(tmp_path, monkeypatch):
+    from fcnseg.infer.tiling import predict_tiled
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 means float32 here
+    ck = write_checkpoint(tmp_path / "toy.pt", pad_mode="reflect")
+    cpu, gpu = load_predictor(ck, device="cpu"), load_predictor(ck, device="cuda")
+    assert gpu.device == torch.device("cuda", torch.cuda.current_device())
+    raw = random_image(40, 33, 3, seed=8)
+    a = predict_tiled(cpu.dense, raw, 16, transform=cpu.transform)
+    b = predict_tiled(gpu.dense, raw, 16, transform=gpu.transform)  # float32: no autocast
+    torch.testing.assert_close(b.scores, a.scores, atol=1e-4, rtol=1e-4)
+    assert (a.labels == b.labels).float().mean() > 0.999
