@@ -82,3 +82,76 @@ def test_heads_after_a_squeeze_excitation_gate():
     assert list(out) == ["a", "b", "plain"]
     for key in out:
         check_dense(Head(model, key), x, 8)
+
+
+def test_output_heads_and_clear_head_errors():
+    from fcnseg.heads import OneHead, output_heads, resolve_head
+    model = Trunk("dict").double().eval()
+    assert output_heads(model, 10) == {"scores": 3, "box": 4, "nested": None}
+    assert output_heads(nn.Conv2d(2, 7, 3), 3, in_channels=2) == {None: 7}
+    assert resolve_head(["scores", "box"], None) == "scores"
+    assert resolve_head(["scores", "box"], "1") == "box" and resolve_head([0, 1, 2], -1) == 2
+    with pytest.raises(ValueError, match=r"head='nope' is not an output.*\['scores', 'box'\]"):
+        resolve_head(["scores", "box"], "nope")
+    with pytest.raises(ValueError, match="one output"):
+        resolve_head([None], "box")
+    # densifying one head computes that head only, exactly
+    x = torch.randn(1, 2, 6, 5, dtype=torch.float64)
+    box = fcnseg.densify(OneHead(model, "box"), 10)
+    assert torch.equal(box(x), fcnseg.densify(model, 10)(x)["box"])
+    check_dense(OneHead(model, 1), x, 10)
+
+
+class ZooTwoHeads(nn.Module):
+    """A zoo-built classifier with a class head and a box head (registered by the fixture)."""
+    patch_size = (10, 10)
+
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU(),
+                                   nn.Conv2d(4, 6, 4))                  # 10 -> 8 -> 4 (partial) -> 1
+        self.cls, self.box = nn.Conv2d(6, num_classes, 1), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        f = self.trunk(x)
+        return {"prob": self.cls(f).softmax(1), "box": self.box(f)}
+
+
+@pytest.fixture
+def two_heads_checkpoint(tmp_path):
+    import fcnseg.zoo as zoo
+    from fcnseg.models import save_checkpoint
+    name = "test_two_heads"
+    zoo.register(name, input_size=lambda: 10)(lambda k, c, w=1.0: ZooTwoHeads(k, c))
+    try:
+        torch.manual_seed(0)
+        m = ZooTwoHeads(3, 3)
+        yield save_checkpoint(
+            tmp_path / "heads.pt", model={"builder": "zoo", "name": name,
+                                          "kwargs": {"num_classes": 3, "in_channels": 3, "padding": "same"}},
+            state_dict=m.state_dict(), patch_size=[10, 10], pad_mode="reflect", pad_value=0.0, in_channels=3,
+            num_classes=3, class_names=["a", "b", "c"], palette=None, mean=[0.5] * 3, std=[0.25] * 3,
+            ignore_index=255, mode="dense", output_stride=1), m
+    finally:
+        zoo._REGISTRY.pop(name, None)
+
+
+def test_inference_labels_with_the_chosen_head(two_heads_checkpoint, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from fcnseg.infer import InferenceSettings, load_predictor, run_inference
+    ck, _ = two_heads_checkpoint
+    first = load_predictor(ck, device="cpu", dtype=torch.float64)
+    box = load_predictor(ck, device="cpu", dtype=torch.float64, head="box")
+    assert (first.num_classes, box.num_classes) == (3, 4)
+    x = torch.randn(1, 3, 7, 8, dtype=torch.float64)
+    assert first.dense(x).shape == (1, 3, 7, 8) and box.dense(x).shape == (1, 4, 7, 8)
+    check_dense(box.model, x)                                      # the predictor's own reference
+    with pytest.raises(ValueError, match=r"head='boxes' is not an output.*\['prob', 'box'\]"):
+        load_predictor(ck, device="cpu", head="boxes")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    run_inference(InferenceSettings(checkpoint=str(ck), input=str(tmp_path / "a.png"), output=str(out),
+                                    device="cpu", save_scores=True, head="box", amp=False))
+    scores = np.load(next(out.rglob("*.scores.npy")))
+    assert scores.shape == (4, 9, 11)

@@ -41,7 +41,7 @@ def main(cfg):
     from fcnseg.infer.export import export_model
     try:
         pred = load_predictor(to_absolute_path(cfg.checkpoint), device="cpu",
-                              output_stride=int(cfg.output_stride), channels_last=False)
+                              output_stride=int(cfg.output_stride), channels_last=False, head=cfg.head)
         out = to_absolute_path(cfg.output)
         files = export_model(pred, out, cfg.format, height=cfg.height, width=cfg.width,
                              opset=int(cfg.opset))

@@ -42,6 +42,9 @@ def verify(cfg) -> bool:
     dtype = getattr(torch, cfg.dtype)
     model, c, pad_mode, info = load_model(cfg)
     model = model.to(dtype).eval()
+    if cfg.head is not None:                    # several outputs: check only this one
+        from fcnseg.heads import OneHead
+        model = OneHead(model, cfg.head)
     x = load_input(cfg, c, info, dtype)
     n, _, h, w = x.shape
     s = cfg.output_stride

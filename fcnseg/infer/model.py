@@ -69,11 +69,12 @@ def predict_whole(pred: Predictor, raw: np.ndarray, *, amp: bool = False,
 
 
 def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", output_stride: int = 1,
-                   channels_last: bool = True, dtype: torch.dtype = torch.float32) -> Predictor:
+                   channels_last: bool = True, dtype: torch.dtype = torch.float32, head=None) -> Predictor:
     """Checkpoint -> Predictor on the chosen device, in eval mode.
 
     A patch classifier is densified with the checkpoint's patch size and padding rule
-    at the requested output stride (1: every pixel).
+    at the requested output stride (1: every pixel). head: for a classifier with several
+    outputs, the one to label with (a name or an index; None: the first), see fcnseg.heads.
     """
     import fcnseg
 
@@ -91,18 +92,26 @@ def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", outpu
     pad_value = float(info.get("pad_value") or 0.0)
     patch = info.get("patch_size")
     dense = None
+    K = int(info["num_classes"])
     if patch is not None:
+        from fcnseg.heads import OneHead, output_heads, resolve_head
+        heads = output_heads(model, tuple(patch), in_channels=int(info["in_channels"]))
+        key = resolve_head(list(heads), head)
+        if key is not None:                      # several outputs: label with one of them
+            model, K = OneHead(model, key), heads[key]
+            info = {**info, "head": key}
         # channels_last: 2-4x faster dilated convolutions and pooling on CPU (docs/inference.md);
         # the optimised dense network keeps every map NHWC, even after a 1-channel input
         dense = fcnseg.densify(model, tuple(patch), output_stride=output_stride,
                                pad_mode=pad_mode, pad_value=pad_value,
                                optimize=fcnseg.Optimizations(channels_last=bool(channels_last))).eval()
+    elif head is not None:
+        raise ValueError(f"head={head!r}: checkpoint {checkpoint} holds an already dense network with one output")
     elif output_stride != 1:
         raise ValueError(f"checkpoint {checkpoint} holds an already dense network (no patch size): "
                          f"output_stride={output_stride} applies only to patch classifiers")
     if channels_last and dense is None and dev.type in ("cpu", "cuda"):
         model.to(memory_format=torch.channels_last)
-    K = int(info["num_classes"])
     return Predictor(model=model, dense=dense, device=dev, in_channels=int(info["in_channels"]),
                      num_classes=K, mean=list(info["mean"]), std=list(info["std"]),
                      palette=runtime.resolve_palette(info.get("palette"), K),

@@ -47,6 +47,7 @@ class InferenceSettings:
     check: bool = False                   # compare with the patch-by-patch reference on `region`, label nothing
     region: Sequence[int] | None = None   # check: (top, left, height, width); None: centre 32x32
     output_stride: int = 1
+    head: int | str | None = None         # several outputs: the one to label with (name or index); None: first
     amp: bool = True                      # mixed precision on CUDA (bf16 where supported, else fp16)
     channels_last: bool = True
     summary: Sequence[str] = ("csv", "json")
@@ -305,7 +306,7 @@ def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     pred = predictor or load_predictor(cfg.checkpoint, device=cfg.device,
                                        output_stride=cfg.output_stride,
-                                       channels_last=cfg.channels_last)
+                                       channels_last=cfg.channels_last, head=cfg.head)
     tile = resolve_tile_size(cfg, pred)
     tag = f"rank {rank}/{world}: " if world > 1 else ""
     log(f"{tag}{len(mine)} of {len(items)} images under {root} -> {out_dir} "
