@@ -1,7 +1,5 @@
 """The benchmark compares methods that compute the same thing, and its report is built from its numbers."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,9 +7,8 @@ from torch import nn
 
 import fcnseg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from bench_methods import (HandConversionError, HandDense, ShiftAndStitch, hand_convert,  # noqa: E402
-                           patch_batch_size, sample_pixels)
+from fcnseg.bench.methods import (HandConversionError, HandDense, ShiftAndStitch, hand_convert, patch_batch_size,
+                                  sample_pixels)
 
 
 def tiny_membrane():
@@ -55,15 +52,44 @@ def test_sampling_helpers():
 
 @pytest.mark.slow
 def test_quick_run_writes_consistent_results(tmp_path):
-    import bench
-    result = bench.main(["--quick", "--out-dir", str(tmp_path), "--docs", str(tmp_path / "b.md")])
+    from fcnseg.bench.run import main
+    result = main(["--quick", "--out-dir", str(tmp_path), "--docs", str(tmp_path / "b.md")])
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["nets"] and (tmp_path / "bench.png").stat().st_size > 10_000
     for net in result["nets"]:
         for run in net["runs"]:
             f = run["forward"]
-            for key in ("engine_default", "engine_fast_nchw", "shift_stitch", "patch"):
+            for key in ("densify_plain", "shift_stitch", "patch_nchw", "patch_cl"):
                 assert f[key]["max_abs_diff"] < 1e-4, (net["name"], run["side"], key)
-            assert f["patch"]["time_s"] > f["engine_fast"]["time_s"]
+            assert min(f["patch_nchw"]["time_s"], f["patch_cl"]["time_s"]) > f["densify"]["time_s"]
+            assert f["densify"]["executed_flops"] > 0
+        for prof in net["profiles"]:
+            assert sum(n["flops"] for n in prof["nodes"]) > 0
     text = (tmp_path / "b.md").read_text()
     assert "ratios are measured within one run" in text and "membrane95" in text
+    assert "Where the time goes" in text
+
+
+def test_sample_pixels_on_the_output_grid():
+    pix = sample_pixels(20, 17, 1000, seed=0, stride=8)                  # grid 3 x 3
+    assert len(pix) == 9 and (pix % 8 == 0).all() and pix[:, 0].max() == 16 and pix[:, 1].max() == 16
+
+
+def test_profile_counts_every_flop_of_the_dense_pass():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fcnseg.bench.profile import by_op, profile_dense
+    torch.manual_seed(0)
+    dense = fcnseg.densify(tiny_membrane().float())
+    x = torch.randn(1, 1, 21, 19)
+    rows = profile_dense(dense, x, repeats=1)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        dense(x)
+    assert sum(r.flops for r in rows) == counter.get_total_flops() > 0
+    convs = [r for r in rows if r.op == "conv2d"]
+    assert len(convs) == 4                                   # two convolutions and the two Linear layers
+    assert convs[0].detail.startswith("1->3 3x3") and "d2" in convs[1].detail
+    ops = {op for op, *_ in by_op(rows)}
+    assert {"conv2d", "max_pool2d", "ReLU", "pad", "outside the graph"} <= ops
+    assert all(r.time_s >= 0 for r in rows if r.name != "rest")

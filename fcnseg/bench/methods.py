@@ -1,16 +1,17 @@
 """The ways of computing the same per-pixel output that the benchmark compares.
 
-- patch-by-patch: crop every pixel's patch, classify them in batches (fcnseg.patchwise);
+- patch-by-patch: crop every pixel's patch, classify them in batches (fcnseg.patchwise), with
+  the classifier in NCHW and in channels_last (the faster of the two is the baseline);
 - hand conversion: what a user writes without fcnseg: every stride set to 1, dilation equal
   to the cumulative stride on convolutions and max pools, Linear layers as convolutions, NCHW;
 - shift-and-stitch (FCN / OverFeat): the strided fully convolutional network run on every
   shift of the input (s*s shifts for output stride s), outputs interleaved;
-- fcnseg's engine: fcnseg.densify, and fcnseg.engine.fast on top of it.
+- fcnseg.densify: the default (optimised) dense network, and the plain graph (optimize=False).
 All of them produce (N, K, H, W) scores equal to patch-by-patch at every pixel.
 """
 from __future__ import annotations
 
-import importlib
+import copy
 import math
 
 import torch
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import fcnseg
+from fcnseg import zoo
+from fcnseg.ops import as_pair
 
 POINTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Dropout, nn.Identity,
              nn.BatchNorm2d, nn.BatchNorm1d, nn.Softmax, nn.LogSoftmax,
@@ -26,50 +29,33 @@ POINTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Dro
 
 # ---- networks -------------------------------------------------------------------------------
 
-def _membrane_local(num_classes: int = 2) -> nn.Module:
-    """Ciresan et al. 2012 membrane patch net, used only if the zoo does not provide it."""
-    layers, c = [], 1
-    for k in (4, 5, 4, 4):
-        layers += [nn.Conv2d(c, 48, k), nn.ReLU(), nn.MaxPool2d(2, 2)]
-        c = 48
-    net = nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(48 * 3 * 3, 200), nn.ReLU(),
-                        nn.Linear(200, num_classes))
-    side = 3
-    for m in reversed(layers):                   # walk back from the 3x3 map the head reads
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
-            s = m.stride if isinstance(m.stride, int) else m.stride[0]
-            side = (side - 1) * s + k
-    net.patch_size = (side, side)                # 95
-    return net
-
-
 def build_network(name: str, width: float) -> tuple[nn.Module, int, str]:
-    """(model in eval mode, input channels, where it came from)."""
-    from fcnseg import zoo
+    """(zoo model in eval mode, input channels, where it came from). 'membrane95' is the zoo's
+    'membrane_net' (the Ciresan et al. 2012 95x95 patch net; it has no padding to strip)."""
     if name == "membrane95":
-        try:
-            importlib.import_module("fcnseg.zoo.patchnets")     # registers the patch nets
-        except ImportError:
-            pass
-        for zoo_name in ("membrane95", "membrane_net"):
-            if zoo_name in zoo.names():
-                # the net has no padding: the zoo builder is already the valid patch classifier
-                return zoo.spec(zoo_name).build(2, 1, width).eval(), 1, f"fcnseg.zoo '{zoo_name}'"
-        return _membrane_local().eval(), 1, "defined in tools/bench_methods.py"
+        return zoo.spec("membrane_net").build(2, 1, width).eval(), 1, "fcnseg.zoo 'membrane_net'"
     model = zoo.create(name, num_classes=2, in_channels=3, width_mult=width, padding="valid")
     fcnseg.freeze_batchnorm(model)
     return model.eval(), 3, "fcnseg.zoo"
+
+
+def channels_last_copy(model: nn.Module) -> nn.Module:
+    """The patch classifier with NHWC weights (often the faster way to run it patch by patch on CPU)."""
+    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    nhwc.patch_size = model.patch_size
+    return nhwc
+
+
+def dense_networks(model: nn.Module, output_stride: int = 1) -> dict[str, nn.Module]:
+    """{'densify': the default fcnseg.densify network, 'densify_plain': optimize=False}."""
+    return {"densify": fcnseg.densify(model, output_stride=output_stride),
+            "densify_plain": fcnseg.densify(model, output_stride=output_stride, optimize=False)}
 
 
 # ---- hand conversion --------------------------------------------------------------------------
 
 class HandConversionError(ValueError):
     pass
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def _run_chain(leaves, h):
@@ -100,7 +86,8 @@ def hand_convert(model: nn.Module, patch_size, in_channels: int) -> nn.Sequentia
     out, d, h = [], (1, 1), x
     for m in leaves:
         if isinstance(m, nn.Conv2d):
-            if any(_pair(m.padding)) or m.padding_mode != "zeros":
+            if (m.padding != "valid" if isinstance(m.padding, str) else any(as_pair(m.padding))) or \
+                    m.padding_mode != "zeros":
                 raise HandConversionError("padded convolution")
             conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, 1, 0,
                              tuple(d[i] * m.dilation[i] for i in range(2)), m.groups, m.bias is not None)
@@ -108,10 +95,10 @@ def hand_convert(model: nn.Module, patch_size, in_channels: int) -> nn.Sequentia
             out.append(conv)
             d = tuple(d[i] * m.stride[i] for i in range(2))
         elif isinstance(m, nn.MaxPool2d):
-            if any(_pair(m.padding)) or m.ceil_mode:
+            if any(as_pair(m.padding)) or m.ceil_mode:
                 raise HandConversionError("padded or ceil-mode max pooling")
-            k, s = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
-            out.append(nn.MaxPool2d(k, 1, 0, tuple(d[i] * _pair(m.dilation)[i] for i in range(2))))
+            k, s = as_pair(m.kernel_size), as_pair(m.stride or m.kernel_size)
+            out.append(nn.MaxPool2d(k, 1, 0, tuple(d[i] * as_pair(m.dilation)[i] for i in range(2))))
             d = tuple(d[i] * s[i] for i in range(2))
         elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             if tuple(m(h).shape[-2:]) != tuple(h.shape[-2:]):
@@ -157,16 +144,14 @@ class ShiftAndStitch:
     """The strided FCN on every shift of the padded input, interleaved into a full-resolution map.
 
     The strided FCN is the classifier with its FC layers as convolutions and all its strides
-    kept (fcnseg.densify with output_stride = total stride: no dilation anywhere), in the fast
-    engine's channels_last layout.
+    kept (fcnseg.densify with output_stride = total stride: no dilation anywhere), with the same
+    default optimisations as the dense network, so that the comparison is of methods.
     """
 
     def __init__(self, model: nn.Module):
-        from fcnseg.engine import fast
         stride = fcnseg.geometry(model).total_stride
         self.s = stride
-        # the same layout optimisations as the fast engine, so that the comparison is of methods
-        self.fcn = fast(fcnseg.densify(model, output_stride=stride))
+        self.fcn = fcnseg.densify(model, output_stride=stride)
 
     @property
     def shifts(self) -> list[tuple[int, int]]:
@@ -198,10 +183,13 @@ def patch_batch_size(patch_size, in_channels) -> int:
     return int(max(8, min(256, 2 ** math.floor(math.log2(max(1, 32 * 2 ** 20 // per))))))
 
 
-def sample_pixels(h: int, w: int, n: int, seed: int = 0) -> torch.Tensor:
+def sample_pixels(h: int, w: int, n: int, seed: int = 0, stride: int = 1) -> torch.Tensor:
+    """(n, 2) distinct random (row, col) image pixels on the output grid of the given stride
+    (rows and cols multiples of it): the pixels a dense network of that output stride scores."""
+    gh, gw = -(-h // stride), -(-w // stride)
     g = torch.Generator().manual_seed(seed)
-    flat = torch.randperm(h * w, generator=g)[: min(n, h * w)]
-    return torch.stack([flat // w, flat % w], 1)
+    flat = torch.randperm(gh * gw, generator=g)[: min(n, gh * gw)]
+    return torch.stack([flat // gw, flat % gw], 1) * stride
 
 
 def dense_train_step(dense, model, x, pixels, target):

@@ -155,6 +155,14 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> floa
     return 2 * n ** 3 / timing.median / 1e9
 
 
+MATMUL_SIDES = (1024, 2048)
+
+
+def matmul_rates(device: torch.device) -> dict[str, float]:
+    """{str(n): GFLOP/s} of an n x n float32 matmul for each side in MATMUL_SIDES."""
+    return {str(n): matmul_gflops(device, n) for n in MATMUL_SIDES}
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -1,0 +1,317 @@
+"""The benchmark run: every method on every configured network and size, in one process.
+
+    python tools/bench.py            # full run (about 15 minutes on 2 CPU cores)
+    python tools/bench.py --quick    # 1-2 minute smoke run into results/quick/
+
+For each network and image size, in one run: batched patch-by-patch (NCHW and channels_last),
+the hand conversion, shift-and-stitch, fcnseg.densify with optimize=False and by default
+(forward), forward+backward of a masked per-pixel loss on k sampled pixels against
+patch-by-patch training on the same pixels, a per-node profile of the default dense graph, and
+4096x4096 through the default tiled inference path. On CUDA, the default dense network is also
+timed under float16 and bfloat16 autocast, reported apart from the exact float32 numbers.
+Writes <out-dir>/bench.json, <out-dir>/bench.png and the Markdown report (docs/benchmarks.md).
+Costs that are linear in the number of patches or shifts are timed on a random sample and
+scaled; the report marks them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import fcnseg
+from fcnseg import runtime
+
+from .measure import Timer, load_average, machine, matmul_rates, release_freed_memory
+from .methods import (HandConversionError, HandDense, ShiftAndStitch, build_network, channels_last_copy,
+                      dense_networks, dense_train_step, hand_convert, patch_batch_size, patch_train_step,
+                      sample_pixels)
+from .profile import profile_dense
+from .report import write_markdown, write_plot
+
+
+@dataclass(frozen=True)
+class NetRun:
+    name: str
+    width: float
+    sides: tuple           # forward image sides
+    train_sides: tuple = ()
+    output_stride: int = 1
+    profile_sides: tuple = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    nets: tuple
+    ks: tuple                                   # pixels per training step ("all": every pixel)
+    repeats: int
+    budget_s: float                             # stop repeating a method after this many seconds
+    patch_seconds: float                        # time spent on each sampled (scaled) method
+    tiling: tuple                               # (net, image side, untiled reference side)
+    profile_repeats: int = 2
+    amp_dtypes: tuple = field(default=(torch.float16, torch.bfloat16))   # CUDA only
+
+
+# Widths and sizes of the issue's targets: the membrane net at 256-1024 (training at 512), the
+# zoo's networks at width 1.0 at the classic segmentation settings.
+FULL = Config(
+    nets=(NetRun("membrane95", 1.0, (256, 512, 1024), (512,), 1, (256, 512, 1024)),
+          NetRun("vgg16", 1.0, (512,), (), 8, (512,)),
+          NetRun("resnet50", 1.0, (512,), (), 8, (512,)),
+          NetRun("mobilenet_v2", 1.0, (256,), (), 1, (256,))),
+    ks=(4096, "all"), repeats=3, budget_s=6.0, patch_seconds=2.0, tiling=("membrane95", 4096, 1024))
+QUICK = Config(
+    nets=(NetRun("membrane95", 1.0, (64, 128), (64,), 1, (64,)),
+          NetRun("lenet5", 1.0, (64,), (), 1, ())),
+    ks=(64, "all"), repeats=2, budget_s=1.0, patch_seconds=0.2, tiling=("lenet5", 384, 128),
+    profile_repeats=1)
+MAX_SAMPLE = 2048         # patches per sample: enough for a stable per-patch time on small nets
+
+
+def record(timing, scale=1.0, **extra) -> dict:
+    return {"time_s": timing.median * scale, "times_s": [t * scale for t in timing.times],
+            "peak_mb": timing.peak_bytes / 2 ** 20, **extra}
+
+
+def max_diff(a, b) -> float:
+    return float((a.double() - b.double()).abs().max())
+
+
+def sample_size(run, n_pixels, batch, seconds) -> int:
+    """Patches to time so that the sample takes about `seconds`: one batch calibrates the rate."""
+    probe = torch.arange(min(batch, n_pixels))
+    run(probe)                                                    # first call: allocations, kernels
+    t = time.perf_counter()
+    run(probe)
+    per_patch = (time.perf_counter() - t) / len(probe)
+    n = int(seconds / max(per_patch, 1e-9)) // batch * batch
+    return max(min(batch, n_pixels), min(n_pixels, MAX_SAMPLE, n))
+
+
+def output_pixels(side: int, stride: int) -> int:
+    return (-(-side // stride)) ** 2
+
+
+def bench_patch(models, x, ref, stride, cfg, timer) -> dict:
+    """Batched patch-by-patch with each of `models` ({key: classifier}); linear in the pixels, so a
+    random sample of output pixels is timed and scaled."""
+    side = x.shape[-1]
+    c = x.shape[1]
+    out = {}
+    for key, model in models.items():
+        bs = patch_batch_size(model.patch_size, c)
+        all_pix = sample_pixels(side, side, output_pixels(side, stride), seed=9, stride=stride).to(x.device)
+        n_pix = sample_size(lambda i: fcnseg.patchwise(model, x, pixels=all_pix[i], batch_size=bs),
+                            len(all_pix), bs, cfg.patch_seconds)
+        pix = sample_pixels(side, side, n_pix, stride=stride).to(x.device)
+        t = timer(lambda: fcnseg.patchwise(model, x, pixels=pix, batch_size=bs))
+        pw = fcnseg.patchwise(model, x, pixels=pix, batch_size=bs)[..., pix[:, 0], pix[:, 1]]
+        out[key] = record(t, output_pixels(side, stride) / n_pix, sampled=n_pix, batch_size=bs,
+                          max_abs_diff=max_diff(pw, ref[..., pix[:, 0] // stride, pix[:, 1] // stride]))
+    return out
+
+
+def bench_forward(model, c, side, stride, cfg, timer, device, compile_body):
+    """All forward methods on one (1, c, side, side) image; returns ({method: record}, geometry)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, c, side, side, device=device)
+    nets = dense_networks(model, stride)
+    dense = nets["densify"]
+    out = {}
+    with torch.inference_mode():
+        ref = dense(x)
+        methods = dict(nets)
+        if compile_body:
+            methods["densify_compiled"] = fcnseg.densify(model, output_stride=stride,
+                                                         optimize=fcnseg.Optimizations(compile=True))
+            methods["densify_compiled"](x)                   # compile outside the timing
+        if stride == 1:
+            try:
+                methods["hand"] = HandDense(hand_convert(model, model.patch_size, c), model.patch_size).to(device)
+            except HandConversionError as exc:
+                out["hand"] = {"time_s": None, "why": str(exc)}
+        else:
+            out["hand"] = {"time_s": None, "why": "the hand conversion is the output-stride-1 network"}
+        # the exact dense methods are timed round-robin, so their ratios share the machine's load
+        timings = timer.compare({k: (lambda net=net: net(x)) for k, net in methods.items()},
+                                count_flops={"densify"})
+        out["densify"] = record(timings["densify"], executed_flops=timings["densify"].flops)
+        for key, net in methods.items():
+            if key != "densify":
+                out[key] = record(timings[key], max_abs_diff=max_diff(net(x), ref))
+        if device.type == "cuda":            # mixed precision: not exact, reported on its own
+            for dtype in cfg.amp_dtypes:
+                with runtime.autocast(device, dtype):
+                    t = timer(lambda: dense(x))
+                    diff = max_diff(dense(x), ref)
+                out[f"densify_{str(dtype).split('.')[-1]}"] = record(t, max_abs_diff=diff, autocast=str(dtype))
+        if stride == 1:
+            # shift-and-stitch: every shift costs the same; time a spread-out sample of them
+            ss = ShiftAndStitch(model)
+            all_shifts = ss.shifts
+            n = max(1, min(len(all_shifts), round(cfg.patch_seconds / max(1e-3, out["densify"]["time_s"]))))
+            shifts = all_shifts[:: max(1, len(all_shifts) // n)][:n]
+            t = timer(lambda: ss.run_shifts(x, shifts))
+            part = ss.run_shifts(x, shifts)
+            a, b = shifts[-1]
+            diff = max_diff(part[..., a :: ss.s[0], b :: ss.s[1]], ref[..., a :: ss.s[0], b :: ss.s[1]])
+            out["shift_stitch"] = record(t, len(all_shifts) / len(shifts), shifts=len(all_shifts),
+                                         sampled=len(shifts), max_abs_diff=diff)
+        patch = bench_patch({"patch_nchw": model, "patch_cl": channels_last_copy(model)}, x, ref, stride,
+                            cfg, timer)
+        out.update(patch)
+    return out, dense.geometry
+
+
+def bench_train(model, c, side, cfg, timer, device):
+    """Forward+backward of a masked loss on k pixels: the default dense network vs patch training
+    (the faster of NCHW and channels_last)."""
+    torch.manual_seed(1)
+    x = torch.randn(1, c, side, side, device=device)
+    dense = fcnseg.densify(model)
+    geo = dense.geometry
+    bs = patch_batch_size(model.patch_size, c)
+    patch = {}
+    for key, net in (("nchw", model), ("channels_last", channels_last_copy(model))):
+        # patch training costs k times one patch's forward+backward: time a sample, scale to each k
+        all_pix = sample_pixels(side, side, side * side, seed=2).to(device)
+        zeros = torch.zeros(len(all_pix), dtype=torch.long, device=device)
+        n_pix = sample_size(lambda i, net=net: patch_train_step(net, x, all_pix[i], zeros[i], bs),
+                            side * side, bs, cfg.patch_seconds)
+        pix = sample_pixels(side, side, n_pix, seed=2).to(device)
+        tgt = torch.randint(0, geo.num_classes, (n_pix,), device=device)
+        patch[key] = (timer(lambda net=net: patch_train_step(net, x, pix, tgt, bs)), n_pix)
+    layout = min(patch, key=lambda k: patch[k][0].median / patch[k][1])
+    t_patch, n_pix = patch[layout]
+    rows = []
+    for k in cfg.ks:
+        k = side * side if k == "all" else k
+        if k > side * side:
+            continue
+        pk = sample_pixels(side, side, k, seed=3).to(device)
+        tk = torch.randint(0, geo.num_classes, (k,), device=device)
+        t_dense = timer(lambda: dense_train_step(dense, model, x, pk, tk))
+        rows.append({"k": k, "dense": record(t_dense),
+                     "patch": record(t_patch, k / n_pix, sampled=n_pix, batch_size=bs, layout=layout)})
+    return rows
+
+
+def bench_tiling(name, side, reference_side, device, timer):
+    """Peak memory and per-pixel time of a side x side image through the default inference path
+    (fcnseg.infer tiling, tile size chosen from the default memory budget), against an untiled
+    reference_side image in the same run."""
+    from fcnseg.infer.runner import InferenceSettings
+    from fcnseg.infer.tiling import auto_tile_size, predict_tiled
+    model, c, _ = build_network(name, 1.0)
+    dense = fcnseg.densify(model.to(device))
+    budget = InferenceSettings.memory_mb          # the default inference budget
+    tile = auto_tile_size(dense, c, budget)
+    small = torch.randn(c, 256, 256, device=device)                  # tiled == untiled
+    with torch.inference_mode():
+        untiled = dense(small[None])[0]
+    diff = max_diff(predict_tiled(dense, small, 64).scores.to(untiled.device), untiled)
+    ref_image = torch.randn(1, c, reference_side, reference_side, device=device)
+    with torch.inference_mode():
+        t_ref = timer(lambda: dense(ref_image))
+    image = torch.randn(c, side, side)
+    t = timer(lambda: predict_tiled(dense, image, tile, return_scores=False), warmup=False)
+    return {"net": name, "side": side, "tile": tile, "memory_mb_budget": budget, "time_s": t.median,
+            "peak_mb": t.peak_bytes / 2 ** 20, "input_mb": image.numel() * 4 / 2 ** 20,
+            "reference_side": reference_side, "reference_time_s": t_ref.median, "max_abs_diff_256": diff}
+
+
+def bench_profile(model, c, side, stride, repeats, device) -> dict:
+    torch.manual_seed(0)
+    x = torch.randn(1, c, side, side, device=device)
+    rows = profile_dense(fcnseg.densify(model, output_stride=stride), x, repeats)
+    return {"side": side, "output_stride": stride, "nodes": [r.as_dict() for r in rows]}
+
+
+def main(argv=None, *, root: Path | None = None):
+    """The command line of tools/bench.py; root: the project (results/ and docs/ go there)."""
+    root = Path.cwd() if root is None else Path(root)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small smoke run (1-2 minutes) into results/quick")
+    ap.add_argument("--out-dir", type=Path, help="where bench.json and bench.png go (default results/, "
+                    "quick: results/quick/, on CUDA results/cuda/)")
+    ap.add_argument("--docs", type=Path, help="Markdown report (default docs/benchmarks.md; quick or "
+                    "CUDA: <out-dir>/benchmarks.md)")
+    ap.add_argument("--nets", nargs="+", help="only these networks (names from the config)")
+    ap.add_argument("--sizes", nargs="+", type=int, help="override the image sides")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads for the whole run")
+    ap.add_argument("--compile", action="store_true", help="also time optimize=Optimizations(compile=True)")
+    ap.add_argument("--no-tiling", action="store_true")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report and plot from an "
+                    "existing <out-dir>/bench.json without measuring anything")
+    args = ap.parse_args(argv)
+
+    cfg = QUICK if args.quick else FULL
+    device = runtime.pick_device(args.device)
+    default_dir = "quick" if args.quick else ("cuda" if device.type == "cuda" else "")
+    out_dir = args.out_dir or (root / "results" / default_dir)
+    docs = args.docs or (out_dir / "benchmarks.md" if default_dir else root / "docs" / "benchmarks.md")
+    if args.report_only:
+        result = json.loads((out_dir / "bench.json").read_text())
+        write_outputs(result, out_dir, docs, write_json=False)
+        return result
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True          # never cudnn.deterministic: dilated convs crawl
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    release_freed_memory()
+    timer = Timer(device, cfg.repeats, cfg.budget_s)
+    started = time.time()
+    result = {"machine": machine(device), "mode": "quick" if args.quick else "full",
+              "load_average_start": load_average(), "matmul_gflops": [matmul_rates(device)], "nets": []}
+    print(f"matmul GFLOP/s: {result['matmul_gflops'][0]}", flush=True)
+    for spec in cfg.nets:
+        if args.nets and spec.name not in args.nets:
+            continue
+        model, c, source = build_network(spec.name, spec.width)
+        model.to(device)
+        entry = {"name": spec.name, "width": spec.width, "source": source, "in_channels": c,
+                 "output_stride": spec.output_stride, "patch_size": list(model.patch_size), "runs": [],
+                 "profiles": []}
+        for side in args.sizes or spec.sides:
+            t0 = time.time()
+            fwd, geo = bench_forward(model, c, side, spec.output_stride, cfg, timer, device, args.compile)
+            train = bench_train(model, c, side, cfg, timer, device) if side in spec.train_sides else []
+            entry.update(total_stride=list(geo.total_stride), flops_patch=geo.flops_patch,
+                         flops_dense_per_pixel=geo.flops_dense_per_pixel, flop_ratio=geo.flop_ratio)
+            entry["runs"].append({"side": side, "forward": fwd, "train": train, "load_average": load_average()})
+            best = fwd["densify"]["time_s"]
+            patch = min(fwd["patch_nchw"]["time_s"], fwd["patch_cl"]["time_s"])
+            print(f"{spec.name:12} {side:5}: densify {best * 1e3:9.1f} ms, plain "
+                  f"{fwd['densify_plain']['time_s'] * 1e3:9.1f} ms, patch {patch:9.1f} s ({patch / best:6.0f}x) "
+                  f"[{time.time() - t0:.0f} s]", flush=True)
+        if not args.no_profile:
+            for side in args.sizes or spec.profile_sides:
+                entry["profiles"].append(bench_profile(model, c, side, spec.output_stride, cfg.profile_repeats,
+                                                       device))
+                print(f"{spec.name:12} {side:5}: profiled", flush=True)
+        result["nets"].append(entry)
+    if not args.no_tiling and not args.nets:
+        name, side, reference_side = cfg.tiling
+        result["tiling"] = bench_tiling(name, side, reference_side, device, Timer(device, 1, 0.0))
+        print(f"tiling: {result['tiling']}", flush=True)
+    result["matmul_gflops"].append(matmul_rates(device))
+    result["load_average_end"] = load_average()
+    result["wall_s"] = time.time() - started
+    write_outputs(result, out_dir, docs)
+    return result
+
+
+def write_outputs(result, out_dir: Path, docs: Path, write_json: bool = True) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if write_json:
+        runtime.write_text_atomic(out_dir / "bench.json", json.dumps(result, indent=1))
+    write_plot(result, out_dir / "bench.png")
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    runtime.write_text_atomic(docs, write_markdown(result, plot_path=out_dir / "bench.png", docs_path=docs))
+    print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.png'}, {docs}", flush=True)
