@@ -6,6 +6,7 @@ Tools that need one score map (labelling, export, a scores file) take a head:
 
     fcnseg.heads.output_heads(model, in_channels=3)    # {'prob': 2, 'box': 4}: name -> channels
     dense = fcnseg.densify(fcnseg.heads.OneHead(model, "box"))   # only that head is computed
+    dense = fcnseg.densify(fcnseg.heads.AllHeads(model))   # every head, channels concatenated
 
 A head is a dict key, or an index into the tuple/list (or into the dict's keys, in order).
 """
@@ -64,6 +65,26 @@ def output_heads(model: nn.Module, patch_size=None, *, in_channels: int | None =
     def channels(shape):      # a nested structure under one key has no single channel count
         return int(shape[1]) if isinstance(shape, torch.Size) else None
     return {key: channels(shapes if key is None else shapes[key]) for key in _keys(shapes)}
+
+
+class AllHeads(nn.Module):
+    """The classifier with its heads' scores concatenated along the channels, in head order
+    (`channels`: head -> (first, end) channel); a one-output patch classifier for tools that
+    store one score array. Each head must be one tensor (N, K) or (N, K, 1, 1)."""
+
+    def __init__(self, classifier: nn.Module, heads: dict):
+        super().__init__()
+        self.classifier = classifier
+        if any(k is None for k in heads.values()):
+            raise ValueError(f"every head must be one tensor of scores; got channel counts {heads}")
+        starts = [sum(list(heads.values())[:i]) for i in range(len(heads))]
+        self.channels = {key: (a, a + k) for (key, k), a in zip(heads.items(), starts)}
+        if getattr(classifier, "patch_size", None) is not None:
+            self.patch_size = classifier.patch_size
+
+    def forward(self, x):
+        out = self.classifier(x)
+        return torch.cat([out[key].flatten(1) for key in self.channels], 1)
 
 
 class OneHead(nn.Module):

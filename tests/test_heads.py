@@ -155,3 +155,25 @@ def test_inference_labels_with_the_chosen_head(two_heads_checkpoint, tmp_path):
                                     device="cpu", save_scores=True, head="box", amp=False))
     scores = np.load(next(out.rglob("*.scores.npy")))
     assert scores.shape == (4, 9, 11)
+
+
+@pytest.mark.parametrize("tile_size", [0, 4])
+def test_inference_saves_every_heads_scores(two_heads_checkpoint, tmp_path, tile_size):
+    import numpy as np
+    from PIL import Image
+    from fcnseg.infer import InferenceSettings, run_inference
+    ck, _ = two_heads_checkpoint
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    runs = {}
+    for head in ("prob", "box", "all"):
+        out = tmp_path / head
+        run_inference(InferenceSettings(checkpoint=str(ck), input=str(tmp_path / "a.png"), output=str(out),
+                                        device="cpu", save_scores=True, head=head, amp=False, tile_size=tile_size))
+        scores = np.load(next(out.rglob("*.scores.npy")))
+        labels = [p for p in out.rglob("*.png") if ".overlay" not in p.name]
+        runs[head] = scores, np.array(Image.open(labels[0]))
+    scores, labels = runs["all"]
+    assert scores.shape == (7, 9, 11)                            # prob (3) then box (4), in head order
+    np.testing.assert_array_equal(scores[:3], runs["prob"][0])
+    np.testing.assert_array_equal(scores[3:], runs["box"][0])
+    np.testing.assert_array_equal(labels, runs["prob"][1])       # labelled with the first head

@@ -40,6 +40,8 @@ def main(cfg):
     from fcnseg.infer import load_predictor
     from fcnseg.infer.export import export_model
     try:
+        if cfg.head == "all":
+            raise ValueError("head=all is for tools/infer.py save_scores=true; export one head (a name or index)")
         pred = load_predictor(to_absolute_path(cfg.checkpoint), device="cpu",
                               output_stride=int(cfg.output_stride), channels_last=False, head=cfg.head)
         out = to_absolute_path(cfg.output)

@@ -33,6 +33,17 @@ class Predictor:
     pad_value: float
     output_stride: int
     info: dict = field(default_factory=dict)
+    # head="all": head -> (first, end) channel of the concatenated scores; labels from the first head
+    head_channels: dict | None = None
+
+    @property
+    def label_channels(self) -> int | None:
+        """How many leading score channels the labels are the argmax of (None: all)."""
+        return None if self.head_channels is None else next(iter(self.head_channels.values()))[1]
+
+    @property
+    def score_channels(self) -> int:
+        return self.num_classes if self.head_channels is None else list(self.head_channels.values())[-1][1]
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """Decoded image (H, W, C) -> the model's channel count, raw dtype kept (cheap to
@@ -74,7 +85,8 @@ def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", outpu
 
     A patch classifier is densified with the checkpoint's patch size and padding rule
     at the requested output stride (1: every pixel). head: for a classifier with several
-    outputs, the one to label with (a name or an index; None: the first), see fcnseg.heads.
+    outputs, the one to label with (a name or an index; None: the first), see fcnseg.heads;
+    "all": label with the first, and the dense network gives every head's scores (concatenated).
     """
     import fcnseg
 
@@ -91,13 +103,17 @@ def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", outpu
     pad_mode = info.get("pad_mode") or "constant"
     pad_value = float(info.get("pad_value") or 0.0)
     patch = info.get("patch_size")
-    dense = None
+    dense, head_channels = None, None
     K = int(info["num_classes"])
     if patch is not None:
-        from fcnseg.heads import OneHead, output_heads, resolve_head
+        from fcnseg.heads import AllHeads, OneHead, output_heads, resolve_head
         heads = output_heads(model, tuple(patch), in_channels=int(info["in_channels"]))
-        key = resolve_head(list(heads), head)
-        if key is not None:                      # several outputs: label with one of them
+        key = resolve_head(list(heads), None if head == "all" else head)
+        if key is not None and head == "all":    # every head's scores, labels from the first
+            model = AllHeads(model, heads)
+            head_channels, K = dict(model.channels), heads[key]
+            info = {**info, "head": "all", "head_channels": head_channels}
+        elif key is not None:                    # several outputs: label with one of them
             model, K = OneHead(model, key), heads[key]
             info = {**info, "head": key}
         # channels_last: 2-4x faster dilated convolutions and pooling on CPU (docs/inference.md);
@@ -118,4 +134,4 @@ def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", outpu
                      class_names=info.get("class_names"),
                      patch_size=tuple(patch) if patch is not None else None,
                      pad_mode=pad_mode, pad_value=pad_value, output_stride=int(output_stride),
-                     info=info)
+                     info=info, head_channels=head_channels)

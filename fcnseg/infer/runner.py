@@ -179,11 +179,12 @@ class _Run:
             scores_file = None
             if "scores" in job.todo:
                 scores_file = ScoresFile(job.item.output(self.out_dir, "scores"),
-                                         (pred.num_classes, plan.rows, plan.cols))
+                                         (pred.score_channels, plan.rows, plan.cols))
             try:
                 p = predict_tiled(pred.dense, job.raw, self.tile, transform=pred.transform,
                                   batch_size=self.cfg.batch_size, amp=self.amp,
                                   channels_last=self.cfg.channels_last, return_scores=False,
+                                  label_channels=pred.label_channels,
                                   scores_out=None if scores_file is None else scores_file.array)
             except BaseException as e:
                 if scores_file is not None:
@@ -205,7 +206,8 @@ class _Run:
             out = forward_windows(self.pred.dense, torch.stack([w for _, w in group]),
                                   amp=self.amp, channels_last=self.cfg.channels_last)
             out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
-            labels = out.argmax(1).to("cpu", label_dtype(out.shape[1]))  # (B, h, w)
+            # head=all: the labels are the first head's argmax
+            labels = out[:, :self.pred.label_channels].argmax(1).to("cpu", label_dtype(out.shape[1]))  # (B, h, w)
         except Exception as e:
             share = (time.perf_counter() - t0) / len(group)
             for job, _ in group:

@@ -260,7 +260,8 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
                   transform: Transform | None = None, region: Sequence[int] | None = None,
                   pad_mode: str | None = None, pad_value: float | None = None,
                   batch_size: int = 1, amp: bool = False, channels_last: bool = False,
-                  return_scores: bool = True, scores_out: np.ndarray | None = None) -> Prediction:
+                  return_scores: bool = True, scores_out: np.ndarray | None = None,
+                  label_channels: int | None = None) -> Prediction:
     """Dense prediction of one image, tile by tile, identical to the untiled pass.
 
     dense: a DenseNet (``patch_size``, ``output_stride``, ``forward_valid``; padding rule
@@ -268,7 +269,8 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
     (C, H, W) or a raw array (H, W, C) with ``transform``. tile_size: output pixels per
     tile side (None/<=0: one tile). region: (top, left, height, width) to predict only
     part of the image. scores_out: an array (K, rows, cols) (e.g. a float16 memmap) to
-    write scores into instead of holding them in memory.
+    write scores into instead of holding them in memory. label_channels: label with the
+    argmax of the first label_channels scores only (several heads' scores concatenated).
     """
     mode, value = dense_padding(dense, pad_mode, pad_value)
     H, W = image_hw(image)
@@ -293,7 +295,7 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
         # argmax on the device, in the network's precision, before any down-cast
         r, c = m0 - plan.row0, n0 - plan.col0
         sl = (slice(r, r + plan.tile_rows), slice(c, c + plan.tile_cols))
-        labels[sl] = out.argmax(0).to("cpu", label_dtype(K))
+        labels[sl] = out[:label_channels].argmax(0).to("cpu", label_dtype(K))
         if scores is not None:
             o = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
             if isinstance(scores, torch.Tensor):
