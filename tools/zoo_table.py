@@ -2,7 +2,7 @@
 
     python tools/zoo_table.py [--out docs/zoo.md] [--names vgg16 resnet50 ...]
 
-Columns come from fcnseg.geometry (ALGORITHM.md section 6): valid patch size, receptive field,
+Columns come from fcnseg.geometry (docs/algorithm.md, "Cost model"): valid patch size, receptive field,
 total stride, parameters, FLOPs of one patch, dense FLOPs per output pixel and their ratio.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`strip_padding`: the same classifier without internal zero padding, and the patch size it needs.
 
-Removing padding makes the network "valid" (ALGORITHM.md section 4): each layer only sees real
+Removing padding makes the network "valid" (docs/algorithm.md, "Padding inside the network"): each layer only sees real
 input, so one dense pass reproduces every patch exactly. Branches that meet in an addition or a
 concatenation then shrink by different amounts; they are centre-cropped to the smallest, as in U-Net.
 """

@@ -20,7 +20,7 @@ from .tiling import Prediction, label_dtype
 @dataclass
 class Predictor:
     model: nn.Module                 # the classifier as trained
-    dense: nn.Module | None          # its DenseNet; None for an already dense (smp) model
+    dense: nn.Module | None          # its DenseClassifier; None for an already dense (smp) model
     device: torch.device
     in_channels: int
     num_classes: int

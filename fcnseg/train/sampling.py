@@ -1,7 +1,7 @@
 """Which pixels a training step learns from.
 
 Both training modes draw the same pixel sets from this module, so dense and patch
-steps are the same optimisation (ALGORITHM.md section 5). A pixel set per image is a
+steps are the same optimisation (docs/algorithm.md, "Backward propagation and training"). A pixel set per image is a
 (M, 2) long tensor of (i, j).
 """
 import torch

@@ -2,7 +2,8 @@
 
 No padding, no batch norm, no global pooling: every layer is either pointwise or a
 window, so the dense network is exact at every pixel and trains exactly like the
-patch network (ALGORITHM.md sections 3 and 5).
+patch network (docs/algorithm.md, "d-regularly sparse kernels" and
+"Backward propagation and training").
 
 The patch size is derived from the layer list and the size of the last feature map
 that the first FC layer reads (walking the layers backwards), never typed. For a

@@ -1,5 +1,5 @@
-"""ALGORITHM.md section 5: a dense step and a patch step on the same pixels are the same
-optimisation step of the classifier (float64, every parameter)."""
+"""A dense step and a patch step on the same pixels are the same optimisation step of the
+classifier (float64, every parameter; docs/algorithm.md, "Backward propagation and training")."""
 import copy
 
 import pytest
