@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 
 def pick_device(pref: str = "auto", local_rank: int | None = None) -> torch.device:
-    """"auto": CUDA when present, else CPU; "cpu"; "cuda" or "cuda:i".
+    """The device a setting names: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:i".
 
     Under torchrun, "auto" and "cuda" mean this process's GPU (LOCAL_RANK, or
     ``local_rank`` when given); "cuda:i" is taken literally. A CUDA choice without CUDA
