@@ -14,7 +14,7 @@ from .convert.trace import infer_in_channels, patch_values, trace
 from .geometry import Geometry, build_geometry
 from . import ops
 from .ops import PAD_MODES, pad_image
-from .convert.optimize import Optimizations, num_threads, optimize_body
+from .convert.optimize import Optimizations, num_threads, optimize_body, reuse_freed_memory
 from .ops import as_pair
 from .patch import resolve_patch_size
 
@@ -75,7 +75,9 @@ class DenseClassifier(nn.Module):
         if xp.shape[-2] < p or xp.shape[-1] < q:
             raise ValueError(f"padded input {tuple(xp.shape[-2:])} is smaller than the patch {self.patch_size}")
         ho, wo = (xp.shape[-2] - p) // s[0] + 1, (xp.shape[-1] - q) // s[1] + 1
-        with num_threads(self.optimizations.threads if self.optimizations else None):
+        opt = self.optimizations
+        with num_threads(opt.threads if opt else None), \
+                reuse_freed_memory(bool(opt and opt.reuse_memory) and xp.device.type == "cpu"):
             y = self.body(xp)
             if self.per_patch_tail is not None:
                 return self._run_tail(y, ho, wo)

@@ -7,7 +7,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg import ops
-from fcnseg.convert.optimize import drop_identity_windows, num_threads
+from fcnseg.convert.optimize import _glibc, drop_identity_windows, num_threads, reuse_freed_memory
 
 
 def membrane_like(c=1, width=4):
@@ -44,7 +44,8 @@ def batchnorm_net(c=3):
     return net
 
 
-NETS = {"membrane_like": (membrane_like, 1), "avgpool": (avgpool_net, 3), "batchnorm": (batchnorm_net, 3)}
+NETS = {"membrane_like": (membrane_like, 1), "avgpool": (avgpool_net, 3), "batchnorm": (batchnorm_net, 3),
+        "batchnorm_gray": (batchnorm_net, 1)}    # folded conv on a 1-channel map: NHWC kernel view
 
 
 def _inputs(name, dtype, h=11, w=9):
@@ -167,3 +168,58 @@ def test_plain_and_nchw_forms_still_exact(optimize):
     out = fcnseg.densify(model, optimize=optimize)(x)
     assert out.is_contiguous()
     torch.testing.assert_close(out, fcnseg.patchwise(model, x), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["membrane_like", "batchnorm_gray"])
+def test_convolution_on_a_single_channel_map_writes_nhwc_itself(name):
+    """No NCHW->NHWC copy after the first convolution of a 1-channel image (its kernel is passed as
+    an NHWC-strided view of the parameter, not a copy)."""
+    model, x = _inputs(name, torch.float32)
+    body = fcnseg.densify(model).body
+    copies_checked = []
+
+    class Check(torch.fx.Interpreter):
+        def run_node(self, node):
+            result = super().run_node(node)
+            if node.op == "call_function" and node.target.__name__ == "_channels_last" and \
+                    node.args[0].op == "call_function" and "conv" in node.args[0].target.__name__:
+                source = self.env[node.args[0]]
+                assert result.data_ptr() == source.data_ptr(), f"{node.args[0].name} was copied to NHWC"
+                copies_checked.append(node.name)
+            if node.op == "call_function" and node.target.__name__ == "_kernel_channels_last":
+                weight = self.env[node.args[0]]
+                assert result.data_ptr() == weight.data_ptr()
+            return result
+
+    Check(body).run(fcnseg.densify(model, optimize=False).pad(x))
+    assert len(copies_checked) >= 2
+
+
+class _MallInfo2(__import__("ctypes").Structure):
+    _fields_ = [(f, __import__("ctypes").c_size_t) for f in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+@pytest.mark.skipif(_glibc() is None or not hasattr(_glibc(), "mallinfo2"), reason="needs glibc >= 2.33")
+def test_reuse_freed_memory_serves_large_maps_from_the_heap_and_restores_glibc():
+    libc = _glibc()
+    libc.mallinfo2.restype = _MallInfo2
+    big = 96 * 2 ** 20 // 4                                # above glibc's largest mmap threshold (32 MB)
+
+    def mmapped_bytes_while_holding():
+        t = torch.empty(big)
+        t.fill_(1.0)
+        held = libc.mallinfo2().hblkhd
+        del t
+        return held
+
+    base = libc.mallinfo2().hblkhd
+    assert mmapped_bytes_while_holding() - base >= big * 4            # glibc maps it
+    with reuse_freed_memory():
+        with reuse_freed_memory():                                       # nested: one setting
+            pass
+        assert mmapped_bytes_while_holding() - base < big * 4         # still inside: from the heap
+    assert mmapped_bytes_while_holding() - base >= big * 4            # restored on leaving
+    with reuse_freed_memory(enabled=False):
+        assert mmapped_bytes_while_holding() - base >= big * 4

@@ -20,6 +20,8 @@ import torch
 import torch.fx
 from torch.utils.flop_counter import FlopCounterMode
 
+from fcnseg.convert.optimize import reuse_freed_memory
+
 
 @dataclass
 class NodeProfile:
@@ -125,6 +127,8 @@ def profile_dense(dense, x: torch.Tensor, repeats: int = 3) -> list[NodeProfile]
 
     p, q = dense.patch_size
     stride = dense.output_stride
+    opt = dense.optimizations
+    reuse = bool(opt and opt.reuse_memory) and x.device.type == "cpu"
     rows: dict[str, NodeProfile] = {}
     pad_times, tail_times, timed = [], [], []
     with torch.inference_mode():
@@ -139,7 +143,8 @@ def profile_dense(dense, x: torch.Tensor, repeats: int = 3) -> list[NodeProfile]
             sync()
             pad_times.append(time.perf_counter() - t)
             run = _NodeTimer(body, sync, count_flops=False)
-            maps = run.run(xp)
+            with reuse_freed_memory(reuse):                # as the network's own forward pass does
+                maps = run.run(xp)
             timed.append(run.times)
             if getattr(dense, "tail", None) is not None:
                 t = time.perf_counter()

@@ -10,8 +10,10 @@ and why it is exact: docs/algorithm.md, "The optimising rewrite".
 - eval-mode batch norm folded into the convolution before it (one pass over the map fewer).
 - channels_last end to end. On CPU, max pooling at stride 1 with dilation is several times
   slower in NCHW than in channels_last (the NHWC kernel vectorises over channels), and
-  dilated convolutions run as fast or faster in channels_last. The input is converted once,
-  and the output of a convolution on a single-channel map too (see `to_channels_last`).
+  dilated convolutions run as fast or faster in channels_last. The input is converted once;
+  a convolution on a single-channel map gets its kernel as a view with unambiguous NHWC
+  strides, so that it writes its output NHWC itself (see `to_channels_last`).
+- freed maps reused within a pass (CPU, glibc): see `reuse_freed_memory`.
 - optional: a fixed intra-op thread count for the forward pass, and torch.compile of the body
   (inductor; it reassociates sums, so it is exact up to float rounding like everything else).
 
@@ -21,6 +23,10 @@ through it trains the classifier.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import platform
+import threading
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -46,12 +52,16 @@ class Optimizations:
         input shape recompiles unless compile_options enable dynamic shapes).
     threads: intra-op threads during the forward pass (None: PyTorch's current setting).
     compile_options: keyword arguments for torch.compile.
+    reuse_memory: on CPU with glibc, serve the forward pass's maps from the malloc heap so that a
+        freed map's pages are reused by the next one instead of fresh zeroed pages
+        (`reuse_freed_memory`); values are untouched.
     """
     channels_last: bool = True
     fold_batchnorm: bool = True
     compile: bool = False
     threads: int | None = None
     compile_options: Mapping | None = None
+    reuse_memory: bool = True
 
     def __post_init__(self):
         if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
@@ -74,6 +84,23 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 torch.fx.wrap("_channels_last")
+
+
+def _kernel_channels_last(w: torch.Tensor) -> torch.Tensor:
+    """A (C_out, 1, kh, kw) kernel as a zero-copy view with strides (kh*kw, 1, kw, 1).
+
+    With one input channel per group, the default strides describe NCHW and NHWC at once and
+    PyTorch resolves the tie to NCHW: on a single-channel image the first convolution then
+    writes NCHW and a copy to NHWC follows (on the 95x95 membrane net at 256x256 that copy took
+    longer than the convolution itself). The view addresses the same elements, so values and
+    gradients are unchanged, and it marks the kernel NHWC, so the convolution writes NHWC.
+    """
+    if w.dim() == 4 and w.shape[1] == 1 and w.is_contiguous() and w.shape[2] * w.shape[3] > 1:
+        return w.as_strided(w.shape, (w.shape[2] * w.shape[3], 1, w.shape[3], 1))
+    return w
+
+
+torch.fx.wrap("_kernel_channels_last")
 
 
 def _is_identity_window(node: torch.fx.Node) -> bool:
@@ -114,24 +141,32 @@ def to_channels_last(gm: torch.fx.GraphModule) -> None:
 
     A (N, 1, H, W) input or (C, 1, kh, kw) weight is NCHW- and NHWC-contiguous at once, and
     PyTorch then picks NCHW for the convolution's output (and every later layer follows).
-    Converting conv outputs costs nothing when they are already NHWC (contiguous() returns
-    the tensor itself) and one copy of one map when they are not.
+    Such kernels are passed as NHWC-strided views (`_kernel_channels_last`), so the
+    convolution writes NHWC; every conv output is still converted, which costs nothing when it
+    is already NHWC (contiguous() returns the tensor itself).
     """
     graph = gm.graph
     for node in list(graph.nodes):
-        if node.op == "placeholder" or (node.op == "call_function" and node.target in (F.conv2d, torch.conv2d,
-                                                                                      _conv_bn)):
+        is_conv = node.op == "call_function" and node.target in (F.conv2d, torch.conv2d, _conv_bn)
+        if is_conv and len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node):
+            with graph.inserting_before(node):
+                kernel = graph.call_function(_kernel_channels_last, (node.args[1],))
+            node.args = (node.args[0], kernel, *node.args[2:])
+            if node.target is _conv_bn:
+                node.kwargs = {**node.kwargs, "channels_last": True}
+        if node.op == "placeholder" or is_conv:
             with graph.inserting_after(node):
                 conv = graph.call_function(_channels_last, (node,))
             node.replace_all_uses_with(conv, delete_user_cb=lambda user: user is not conv)
 
 
-def _conv_bn(x, w, b, stride, padding, dilation, groups, bn):
+def _conv_bn(x, w, b, stride, padding, dilation, groups, bn, channels_last=False):
     """conv2d followed by an eval-mode batch norm, as one convolution with scaled weights.
 
     The scaled weight and bias are recomputed from the layers' current tensors at every call
     (a few KB of arithmetic), so gradients reach the conv weight and the norm's affine
     parameters exactly as through the two layers; the result differs only by rounding.
+    channels_last: give a single-input-channel scaled kernel NHWC strides (`to_channels_last`).
     """
     if bn.training or bn.running_var is None:          # batch statistics: keep the two layers
         return bn(F.conv2d(x, w, b, stride, padding, dilation, groups))
@@ -143,7 +178,8 @@ def _conv_bn(x, w, b, stride, padding, dilation, groups, bn):
         shift = shift + b * scale
     if bn.bias is not None:
         shift = shift + bn.bias
-    return F.conv2d(x, w * scale.reshape(-1, 1, 1, 1), shift, stride, padding, dilation, groups)
+    w = (w * scale.reshape(-1, 1, 1, 1)).contiguous()
+    return F.conv2d(x, _kernel_channels_last(w) if channels_last else w, shift, stride, padding, dilation, groups)
 
 
 torch.fx.wrap("_conv_bn")
@@ -216,5 +252,58 @@ def num_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+# glibc mallopt parameters (malloc.h) and glibc's defaults for them
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+GLIBC_TRIM_THRESHOLD, GLIBC_MMAP_MAX = 128 * 1024, 65536
+_heap_lock = threading.Lock()
+_heap_depth = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def reuse_freed_memory(enabled: bool = True):
+    """Within the block, glibc malloc serves large blocks from its heap and keeps freed ones.
+
+    glibc maps every block above its mmap threshold (at most 32 MB) with a fresh mmap and
+    unmaps it on free, so each map of a large dense pass (240 MB per 48-channel map at
+    1024x1024) arrives as new pages that the kernel faults in and zeroes one by one: about
+    1 s per GB measured here, up to a third of the pass. With mmap disabled (M_MMAP_MAX 0) and
+    no trimming inside the block, a freed map's pages serve the next map. On leaving the
+    outermost block glibc's default limits are set back (mmap allowed, trim threshold
+    128 KiB) and malloc_trim(0) returns the free pages to the OS, so the resident size
+    after the pass is what it would have been. Nested and concurrent blocks share one
+    process-wide setting (a depth count). A no-op elsewhere (other C libraries, or
+    enabled=False); tensors on a GPU never go through malloc.
+    """
+    global _heap_depth
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield
+        return
+    with _heap_lock:
+        _heap_depth += 1
+        if _heap_depth == 1:
+            libc.mallopt(M_MMAP_MAX, 0)
+            libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
+    try:
+        yield
+    finally:
+        with _heap_lock:
+            _heap_depth -= 1
+            if _heap_depth == 0:
+                libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
+                libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
+                libc.malloc_trim(0)
+
+
 __all__ = ["Optimizations", "optimize_body", "rewrite", "drop_identity_windows", "fold_batchnorm",
-           "to_channels_last", "num_threads"]
+           "to_channels_last", "num_threads", "reuse_freed_memory"]
