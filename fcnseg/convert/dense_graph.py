@@ -326,7 +326,7 @@ class Converter:
         plain = not any(split_out) and all(groups[ax][0] == [(0, layer.kernel[ax], 0)] for ax in range(2))
         return plain, tuple(split_out), groups
 
-    def _emit_windows(self, node, x, split_out, groups, dil, term, combine):
+    def _emit_windows(self, node, x, split_out, groups, dil, stride, term, combine):
         """Each output class as a combination of sub-window terms on its inputs' class maps; a term
         shared by several classes is computed once. Returns the taps computed per position."""
         cache, variants, taps = {}, {}, 0
@@ -338,10 +338,18 @@ class Converter:
                     ck = (y0, y1, cy, x0, x1, cx)
                     if ck not in cache:
                         src = self._var(x, (cy, cx))
-                        if y0 or x0:    # taps from y0, x0 on: the same window on a shifted map
+                        shift = (y0 * dil[0], x0 * dil[1])    # taps from y0, x0 on: the window on a shifted map
+                        if shift[0] % stride[0] or shift[1] % stride[1]:
                             src = self.graph.call_function(
-                                operator.getitem, (src, (Ellipsis, slice(y0 * dil[0], None), slice(x0 * dil[1], None))))
-                        cache[ck] = term(src, (y0, y1), (x0, x1))
+                                operator.getitem, (src, (Ellipsis, slice(shift[0], None), slice(shift[1], None))))
+                            cache[ck] = term(src, (y0, y1), (x0, x1))
+                        else:
+                            # or the window's output, shifted: the layer reads its whole (contiguous,
+                            # channels_last) input and only a view is sliced
+                            cache[ck] = term(src, (y0, y1), (x0, x1))
+                            if any(shift):
+                                cache[ck] = self.graph.call_function(operator.getitem, (cache[ck], (
+                                    Ellipsis, slice(shift[0] // stride[0], None), slice(shift[1] // stride[1], None))))
                         taps += (y1 - y0) * (x1 - x0)
                     terms.append(cache[ck])
             variants[key] = combine(terms, gy[-1][1] * gx[-1][1])
@@ -454,7 +462,7 @@ class Converter:
             bias = b if ry[0] == 0 and rx[0] == 0 else None
             return self.graph.call_function(F.conv2d, (src, w_sub, bias, t1, 0, dil, groups))
 
-        return self._emit_windows(node, x, split_out, plan, dil, term,
+        return self._emit_windows(node, x, split_out, plan, dil, t1, term,
                                   lambda terms, _: self._combine(terms, operator.add))
 
     def _pool(self, node, layer):
@@ -468,7 +476,7 @@ class Converter:
             taps = k
         elif layer.pool == "max":
             taps = self._emit_windows(
-                node, x, split_out, plan, dil,
+                node, x, split_out, plan, dil, t1,
                 lambda src, ry, rx: self._pool_window(layer, src, (ry[1] - ry[0], rx[1] - rx[0]), t1, dil, None, c),
                 lambda terms, _: self._combine(terms, torch.maximum))
         else:
@@ -478,7 +486,7 @@ class Converter:
                 return self.graph.call_function(operator.truediv, (self._combine(terms, operator.add),
                                                                    float(layer.divisor or size)))
             taps = self._emit_windows(
-                node, x, split_out, plan, dil,
+                node, x, split_out, plan, dil, t1,
                 lambda src, ry, rx: self._pool_window(layer, src, (ry[1] - ry[0], rx[1] - rx[0]), t1, dil, 1, c),
                 mean)
         self.geo[node] = out
