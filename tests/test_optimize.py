@@ -223,3 +223,13 @@ def test_reuse_freed_memory_serves_large_maps_from_the_heap_and_restores_glibc()
     assert mmapped_bytes_while_holding() - base >= big * 4            # restored on leaving
     with reuse_freed_memory(enabled=False):
         assert mmapped_bytes_while_holding() - base >= big * 4
+
+
+@pytest.mark.slow
+def test_compiled_body_equals_patchwise():
+    """Optimizations(compile=True): inductor fuses the body; exact up to float32 rounding (minutes on CPU)."""
+    model, x = _inputs("batchnorm", torch.float32)
+    dense = fcnseg.densify(model, optimize=fcnseg.Optimizations(compile=True))
+    out = dense(x)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, fcnseg.patchwise(model, x), atol=1e-4, rtol=1e-4)
