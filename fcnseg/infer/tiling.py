@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fcnseg import runtime
-from fcnseg.ops import PAD_MODES, as_pair
+from fcnseg.ops import PAD_MODES, as_pair, reflect_index
 
 Transform = Callable[[np.ndarray], torch.Tensor]  # (h, w, C) raw -> (C, h, w) float
 
@@ -54,11 +54,7 @@ def fold_index(idx: np.ndarray, n: int, mode: str) -> np.ndarray:
     """
     idx = np.asarray(idx, dtype=np.int64)
     if mode == "reflect":
-        if n == 1:
-            return np.zeros_like(idx)
-        period = 2 * (n - 1)
-        m = np.mod(idx, period)
-        return np.where(m >= n, period - m, m)
+        return reflect_index(torch.from_numpy(idx), n).numpy()
     if mode in ("replicate", "constant"):
         return np.clip(idx, 0, n - 1)
     raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {mode!r}")
