@@ -1,7 +1,7 @@
 """Train a pixelwise classifier.
 
     python tools/train.py                                   # demo: patchnet on data/fashion_scenes
-    python tools/train.py model=smp_unet trainer.epochs=20
+    python tools/train.py model=smp_unet trainer.steps=3000
     python tools/train.py data=folder data.root=PATH data.num_classes=K trainer.device=cuda
     python tools/train.py hydra.run.dir=outputs/run1 resume=true    # continue run1
     python tools/train.py -m model=patchnet,smp_unet                 # sweep
@@ -47,16 +47,49 @@ def to_plain(cfg):
     return plain
 
 
+# settings whose value is a config group: the fix is the group choice, not a key
+GROUPS = {"optim.name": "optim", "sched.name": "sched", "loss.name": "loss"}
+
+
+def as_overrides(fixes):
+    """The library's settings assignments ("optim.name=sgd") as Hydra overrides (optim=sgd)."""
+    out = []
+    for fix in fixes:
+        key, _, value = fix.partition("=")
+        out.append(f"{GROUPS[key]}={value}" if key in GROUPS else fix)
+    return out
+
+
+def explain(error):
+    """A library error, with its fixes and the resume command in this tool's syntax."""
+    import fcnseg.train
+    lines = [f"error: {error}"]
+    if isinstance(error, fcnseg.train.SettingsError):
+        if error.param in GROUPS and error.choices:
+            lines.append("choose: " + " | ".join(f"{GROUPS[error.param]}={c}" for c in error.choices))
+        elif error.choices:
+            lines.append("choose: " + " | ".join(f"{error.param}={c}" for c in error.choices))
+    fixes = getattr(error, "fixes", None)
+    if fixes:
+        lines.append("try: " + "  or  ".join(as_overrides(fixes)))
+    if getattr(error, "continue_in", None):
+        lines.append(f"continue a run with: python tools/train.py hydra.run.dir={error.continue_in} "
+                     f"resume=true   (or resume=<path to last.pt>)")
+    return "\n".join(lines)
+
+
 def main(cfg):
     import fcnseg.train
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        metrics = fcnseg.train.run(to_plain(cfg), run_dir)
+        metrics = fcnseg.train.run(to_plain(cfg), run_dir, exit_on_signal=True)
     except (fcnseg.train.TrainingError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(explain(e), file=sys.stderr)
         sys.exit(1)
     if metrics.get("interrupted"):
-        sys.exit(130)
+        print(f"continue with: python tools/train.py hydra.run.dir={metrics['run_dir']} resume=true "
+              f"(and the same overrides)")
+        sys.exit(128 + metrics["signal"])  # the shell's convention: 130 SIGINT, 143 SIGTERM
     return metrics["miou"]  # the value a sweeper optimises
 
 

@@ -1,10 +1,18 @@
 """Training of pixelwise classifiers: dense (whole-image) or patch-by-patch steps.
 
-Entry point: `run(cfg, run_dir)` with plain-dict settings (tools/train.py passes its
-Hydra config as dicts). The model recipes and checkpoints it writes live in
-fcnseg.models; devices, ranks and mixed precision in fcnseg.runtime.
-"""
-from fcnseg.train.loop import TrainingError, evaluate, run
-from fcnseg.train.metrics import ConfusionMatrix
+Entry point: `run(settings, run_dir)` with a `TrainSettings` (or the plain nested dicts
+`TrainSettings.from_dict` reads; tools/train.py passes its Hydra config that way). The
+model recipes and checkpoints it writes live in fcnseg.models; devices, ranks and mixed
+precision in fcnseg.runtime.
 
-__all__ = ["run", "evaluate", "TrainingError", "ConfusionMatrix"]
+Layout: settings.py (every default), schedule.py (steps, validation points, learning
+rate), cost.py (FLOPs/memory/time of a step before it runs), step.py (dense and
+micro-batched patch steps), sampling.py, losses.py, metrics.py, signals.py (stop on
+SIGTERM/SIGINT), trainer.py (the run), report.py (what a run leaves behind).
+"""
+from fcnseg.train.metrics import ConfusionMatrix
+from fcnseg.train.settings import SettingsError, TrainerSettings, TrainSettings
+from fcnseg.train.trainer import TrainingError, evaluate, run
+
+__all__ = ["run", "evaluate", "TrainingError", "SettingsError", "TrainSettings",
+           "TrainerSettings", "ConfusionMatrix"]

@@ -15,7 +15,7 @@ import fcnseg.zoo.patchnets  # noqa: F401
 from fcnseg.data import build_dataset
 from fcnseg.train import evaluate
 from fcnseg.runtime import ShardSampler
-from fcnseg.train.loop import _collate
+from fcnseg.train.trainer import _collate
 
 from helpers import make_scenes
 

@@ -7,23 +7,26 @@ import torch
 
 import fcnseg
 import fcnseg.train
-import fcnseg.train.loop as loop
 import fcnseg.zoo
 from fcnseg.data import DatasetError, build_dataset
 from fcnseg.models import load_checkpoint, model_from_checkpoint
 from fcnseg.train import evaluate
+from fcnseg.train.trainer import Trainer, _collate
 
 from helpers import compose, make_scenes, tiny_overrides
 
 CKPT_KEYS = {"model", "state_dict", "patch_size", "pad_mode", "pad_value", "in_channels",
              "num_classes", "class_names", "palette", "mean", "std", "ignore_index",
-             "optimizer", "scheduler", "scaler", "epoch", "step", "rng"}
+             "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "method",
+             "output_stride", "total_steps"}
 
 
 @pytest.fixture(scope="module")
 def dense_run(scenes, tmp_path_factory):
     out = tmp_path_factory.mktemp("dense_run")
-    cfg = compose(tiny_overrides(scenes, "trainer.epochs=2", "model.pad_mode=replicate"))
+    # 6 training images, batch 3: 2 steps per epoch; 5 steps, validation every 2 and at the end
+    cfg = compose(tiny_overrides(scenes, "trainer.epochs=null", "trainer.steps=5",
+                                 "trainer.eval_every=2", "model.pad_mode=replicate"))
     return out, fcnseg.train.run(cfg, out)
 
 
@@ -32,13 +35,14 @@ def test_run_writes_metrics_reports_and_checkpoints(dense_run):
     for f in ("metrics.json", "metrics.csv", "curves.png", "val_grid.png", "last.pt", "best.pt"):
         assert (out / f).stat().st_size > 0, f
     js = json.loads((out / "metrics.json").read_text())
-    assert len(js["per_class_iou"]) == 3 and js["mode"] == "dense"
+    assert len(js["per_class_iou"]) == 3 and js["method"] == "dense"
+    assert js["output_stride"] == 2 and js["steps"] == 5  # the patch classifier's auto stride
     assert js["miou"] == pytest.approx(metrics["miou"]) and 0 <= js["pixel_acc"] <= 1
-    assert len(js["epoch_times_s"]) == 2
     rows = (out / "metrics.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("epoch,train_loss,val_miou") and len(rows) == 3
+    assert rows[0].startswith("step,epoch,train_loss,val_miou")
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "5"]  # every 2 steps and the end
     raw = torch.load(out / "last.pt", weights_only=True)  # no pickled code in checkpoints
-    assert CKPT_KEYS <= set(raw) and raw["epoch"] == 2 and raw["step"] == 0
+    assert CKPT_KEYS <= set(raw) and raw["step"] == 5 and raw["epoch"] == 2
     side = fcnseg.zoo.spec("patchnet").input_size()  # the default model's computed patch
     assert raw["patch_size"] == [side, side] and raw["pad_mode"] == "replicate"
     assert raw["class_names"] == ["background", "square", "disc"] and raw["in_channels"] == 1
@@ -52,69 +56,84 @@ def test_checkpoint_alone_rebuilds_the_evaluated_model(dense_run, scenes):
     dense = fcnseg.densify(model, info["patch_size"], pad_mode=info["pad_mode"],
                            pad_value=info["pad_value"])
     ds = build_dataset("folder", scenes, "val")
-    loader = torch.utils.data.DataLoader(ds, 2, collate_fn=loop._collate)
+    loader = torch.utils.data.DataLoader(ds, 2, collate_fn=_collate)
     again = evaluate(dense, loader, info["num_classes"], info["ignore_index"]).compute()
     assert again["miou"] == pytest.approx(ck["metrics"]["miou"], abs=1e-12)
     assert again["per_class_iou"] == pytest.approx(ck["metrics"]["per_class_iou"], nan_ok=True)
 
 
-def test_patch_mode_and_smp_baseline_run(scenes, tmp_path):
+def test_patch_method_in_micro_batches_and_smp_at_native_resolution(scenes, tmp_path):
     m = fcnseg.train.run(compose(tiny_overrides(
-        scenes, "trainer.mode=patch", "trainer.sample_fraction=0.05", "trainer.output_stride=1",
-        "optim=sgd", "sched=poly", "loss=focal", "trainer.max_train_batches=1")), tmp_path / "p")
-    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["mode"] == "patch"
-    assert 0 <= m["miou"] <= 1
+        scenes, "trainer.method=patch", "trainer.sample_fraction=0.05", "trainer.patch_memory_mb=1",
+        "optim=sgd", "sched=poly", "loss=focal", "trainer.max_steps=1")), tmp_path / "p")
+    js = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert js["method"] == "patch" and js["output_stride"] == 1 and 0 <= m["miou"] <= 1
+    # no stride override needed for an already dense network
     m = fcnseg.train.run(compose(tiny_overrides(
-        scenes, "model=smp_unet", "trainer.output_stride=1", "+model.kwargs.encoder_depth=3",
-        "+model.kwargs.decoder_channels=[16,8,4]", "trainer.max_train_batches=1", zoo=False)),
+        scenes, "model=smp_unet", "+model.kwargs.encoder_depth=3",
+        "+model.kwargs.decoder_channels=[16,8,4]", "trainer.max_steps=1", zoo=False)),
         tmp_path / "u")
     ck = load_checkpoint(tmp_path / "u" / "best.pt")
-    assert ck["patch_size"] is None and ck["model"]["builder"] == "smp"
+    assert ck["patch_size"] is None and ck["model"]["builder"] == "smp" and ck["output_stride"] == 1
     model, info = model_from_checkpoint(ck)
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 3, 32, 32)
 
 
+def test_a_step_that_cannot_fit_is_refused_with_settings_that_fit(scenes, tmp_path):
+    # patchnet at width 0.25 on 3 images of 32x32 at stride 1: about 16 MiB; allow 8
+    with pytest.raises(fcnseg.train.TrainingError, match="one training step needs") as info:
+        fcnseg.train.run(compose(tiny_overrides(scenes, "trainer.memory_limit_mb=8",
+                                                "trainer.output_stride=1")), tmp_path)
+    assert any(f.startswith(("trainer.output_stride=", "trainer.batch_size="))
+               for f in info.value.fixes), info.value.fixes
+    assert not (tmp_path / "last.pt").exists()
+
+
 def _interrupt_at(monkeypatch, call):
     """Deliver SIGTERM to this process during the call-th training step."""
-    real, n = loop.sampled_logits, [0]
+    real, n = Trainer.train_step, [0]
 
-    def wrapped(*a, **k):
+    def wrapped(self, *a, **k):
         n[0] += 1
         if n[0] == call:
             signal.raise_signal(signal.SIGTERM)
-        return real(*a, **k)
-    monkeypatch.setattr(loop, "sampled_logits", wrapped)
+        return real(self, *a, **k)
+    monkeypatch.setattr(Trainer, "train_step", wrapped)
 
 
 def test_sigterm_checkpoints_and_resume_ends_with_the_same_weights(scenes, tmp_path, monkeypatch):
     over = tiny_overrides(scenes, "trainer.epochs=2", "trainer.deterministic=true",
-                          "trainer.batch_size=2", "trainer.grid_images=0")
+                          "trainer.batch_size=2", "trainer.grid_images=0", "trainer.eval_every=2")
     whole = fcnseg.train.run(compose(over), tmp_path / "whole")
-    _interrupt_at(monkeypatch, 4)  # step 1 of epoch 2 (3 steps per epoch)
+    _interrupt_at(monkeypatch, 4)  # step 4 of 6 (3 steps per epoch): mid-epoch 2
     r = fcnseg.train.run(compose(over), tmp_path / "cut")
-    assert r == {"interrupted": True, "epoch": 1, "step": 1}
+    assert r["interrupted"] and r["step"] == 4 and r["signal"] == signal.SIGTERM
     ck = load_checkpoint(tmp_path / "cut" / "last.pt")
-    assert (ck["epoch"], ck["step"]) == (1, 1)
+    assert (ck["epoch"], ck["step"]) == (1, 4)
     monkeypatch.undo()
     resumed = fcnseg.train.run(compose(over + ["resume=true"]), tmp_path / "cut")
-    a = load_checkpoint(tmp_path / "whole" / "last.pt")["state_dict"]
-    b = load_checkpoint(tmp_path / "cut" / "last.pt")["state_dict"]
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     assert resumed["miou"] == whole["miou"]
+    assert [h["step"] for h in a["history"]] == [h["step"] for h in b["history"]] == [2, 4, 6]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(scenes, tmp_path, monkeypatch):
-    real, n = loop.sampled_logits, [0]
+    import fcnseg.train.trainer as trainer
+    real, n = trainer.dense_logits, [0]
 
-    def nan_in_epoch_2(*a, **k):
+    def nan_after_2(*a, **k):
         n[0] += 1
         out = real(*a, **k)
         return out * float("nan") if n[0] > 2 else out
-    monkeypatch.setattr(loop, "sampled_logits", nan_in_epoch_2)
-    with pytest.raises(fcnseg.train.TrainingError, match="loss became nan.*last good checkpoint"):
-        fcnseg.train.run(compose(tiny_overrides(scenes, "trainer.epochs=2")), tmp_path)
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(trainer, "dense_logits", nan_after_2)
+    with pytest.raises(fcnseg.train.TrainingError, match="loss became nan.*last good checkpoint") as e:
+        fcnseg.train.run(compose(tiny_overrides(scenes, "trainer.epochs=2",
+                                                "trainer.eval_every=2")), tmp_path)
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert any(f.startswith("optim.lr=") for f in e.value.fixes)
 
 
 def test_bad_data_fails_before_training_naming_the_file(tmp_path):
