@@ -30,7 +30,7 @@ BUILDERS = ("zoo", "smp")
 # what model_from_checkpoint hands to its users besides the network
 INFO_KEYS = ("patch_size", "pad_mode", "pad_value", "in_channels", "num_classes",
              "class_names", "palette", "mean", "std", "ignore_index", "epoch", "metrics",
-             "mode", "model")
+             "method", "model")
 
 
 def model_spec(model_cfg: dict, num_classes: int, in_channels: int) -> dict:
