@@ -87,9 +87,9 @@ def test_profile_counts_every_flop_of_the_dense_pass():
     with counter, torch.inference_mode():
         dense(x)
     assert sum(r.flops for r in rows) == counter.get_total_flops() > 0
-    convs = [r for r in rows if r.op == "conv2d"]
+    convs = [r for r in rows if "conv" in r.op and r.flops]
     assert len(convs) == 4                                   # two convolutions and the two Linear layers
     assert convs[0].detail.startswith("1->3 3x3") and "d2" in convs[1].detail
     ops = {op for op, *_ in by_op(rows)}
-    assert {"conv2d", "max_pool2d", "ReLU", "pad", "outside the graph"} <= ops
+    assert {"max_pool2d", "ReLU", "pad", "outside the graph"} <= ops
     assert all(r.time_s >= 0 for r in rows if r.name != "rest")

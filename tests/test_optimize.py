@@ -233,3 +233,31 @@ def test_compiled_body_equals_patchwise():
     out = dense(x)
     assert out.is_contiguous()
     torch.testing.assert_close(out, fcnseg.patchwise(model, x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_wide_fc_convolutions_as_gathered_matrix_products_equal_patchwise(monkeypatch, bias):
+    """The gathered-window matrix product (used for wide FC-derived convolutions in inference)
+    gives patch-by-patch's scores; forced onto every convolution, in blocks of a few rows."""
+    from fcnseg.convert import optimize
+    torch.manual_seed(0)
+    model = membrane_like(width=4).double().eval()
+    if not bias:
+        model[7].bias = None
+    x = torch.randn(2, 1, 13, 10, dtype=torch.float64)
+    ref = fcnseg.patchwise(model, x)
+    monkeypatch.setattr(optimize, "GATHERED_MIN_REDUCTION", 1)
+    monkeypatch.setattr(optimize, "GATHERED_BLOCK_BYTES", 1)             # one output row per product
+    products = []
+    for name in ("mm", "addmm"):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, real=real, **k: products.append(1) or real(*a, **k))
+    dense = fcnseg.densify(model)
+    with torch.inference_mode():
+        out = dense(x)
+    assert len(products) > 2 * 13
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    products.clear()
+    grads_out = dense(x)                                                # with autograd: the plain conv
+    assert not products and grads_out.requires_grad
+    torch.testing.assert_close(grads_out, ref, atol=1e-10, rtol=1e-10)
