@@ -105,6 +105,17 @@ def test_a_patch_of_another_size_is_refused_by_name(patch_root):
         PatchFolderDataset(patch_root, "val", patch_size=(10, 12))
 
 
+def test_sizes_are_those_a_viewer_shows_exif_orientation_applied(tmp_path):
+    img = Image.fromarray(_patch(6, 10, 12))  # stored 12 wide, 10 high, shown turned by 90 degrees
+    exif = img.getexif()
+    exif[0x0112] = 6
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    img.save(tmp_path / "train" / "a" / "turned.png", exif=exif)
+    _write(tmp_path, "train", "b", "upright", _patch(7, 12, 10))
+    ds = PatchFolderDataset(tmp_path, "train")
+    assert ds.patch_size == (12, 10) and [d["image"].shape for d in (ds[0], ds[1])] == [(1, 12, 10)] * 2
+
+
 def test_an_augmentation_that_resizes_is_refused(patch_root):
     import albumentations as A
     ds = PatchFolderDataset(patch_root, "train", transform=A.Compose([A.Resize(16, 16)]))
