@@ -93,3 +93,35 @@ def test_profile_counts_every_flop_of_the_dense_pass():
     ops = {op for op, *_ in by_op(rows)}
     assert {"max_pool2d", "ReLU", "pad", "outside the graph"} <= ops
     assert all(r.time_s >= 0 for r in rows if r.name != "rest")
+
+
+def _result(dense_s, patch_s, flops=4e11):
+    fwd = {"densify": {"time_s": dense_s, "executed_flops": flops, "peak_mb": 1},
+           "patch_nchw": {"time_s": patch_s * 2, "peak_mb": 1, "sampled": 8, "batch_size": 8},
+           "patch_cl": {"time_s": patch_s, "peak_mb": 1, "sampled": 8, "batch_size": 8}}
+    net = {"name": "membrane95", "width": 1.0, "output_stride": 1, "flop_ratio": 555.0, "flops_patch": 1.0,
+           "flops_dense_per_pixel": 1.0, "matmul_gflops": {"1024": 90.0, "2048": 100.0},
+           "runs": [{"side": 1024, "forward": fwd, "train": []}]}
+    return {"matmul_gflops": [{"1024": 10.0, "2048": 20.0}], "nets": [net]}
+
+
+def test_targets_are_computed_from_the_numbers():
+    from fcnseg.bench.report import speed_table, target_lines
+    met = "\n".join(target_lines(_result(dense_s=5.0, patch_s=8000.0, flops=4.1e11)))
+    assert "1024x1024 >= 1500x" in met and "**met** (1,600x" in met
+    assert "channels_last" in met                        # the faster layout is the baseline
+    assert "(1024: 0.82)" in met                          # against the network's own matmul (100)
+    missed = "\n".join(target_lines(_result(dense_s=5.0, patch_s=7000.0, flops=3e11)))
+    assert "**not met** (1,400x" in missed and "(1024: 0.60)" in missed
+    assert speed_table(_result(5.0, 8000.0))[2].startswith("| 1024x1024 | 8000.0 s |")
+
+
+def test_add_merges_networks_by_name():
+    from fcnseg.bench.run import merged
+    base = {**_result(5.0, 8000.0), "wall_s": 10.0, "load_average_start": [1.0], "load_average_end": [2.0]}
+    base["nets"].append({**base["nets"][0], "name": "vgg16"})
+    new = {**_result(4.0, 8000.0), "wall_s": 5.0, "load_average_start": [3.0], "load_average_end": [4.0]}
+    out = merged(new, base)
+    assert [n["name"] for n in out["nets"]] == ["vgg16", "membrane95"]
+    assert out["nets"][1]["runs"][0]["forward"]["densify"]["time_s"] == 4.0
+    assert out["wall_s"] == 15.0 and len(out["matmul_gflops"]) == 2 and len(out["runs_merged"]) == 2

@@ -34,9 +34,14 @@ def matmul_rate(result) -> float:
     return sum(vals) / len(vals)
 
 
+def net_matmul(net, result) -> float:
+    """The matmul ceiling measured just before this network (the load changes during a run)."""
+    return max(net["matmul_gflops"].values()) if net.get("matmul_gflops") else matmul_rate(result)
+
+
 def patch_time(fwd) -> tuple[float, str]:
     """The faster batched patch-by-patch layout (the baseline every speed-up is against)."""
-    key = min(("patch_nchw", "patch_cl"), key=lambda k: fwd[k]["time_s"])
+    key = min((k for k in ("patch_nchw", "patch_cl") if k in fwd), key=lambda k: fwd[k]["time_s"])
     return fwd[key]["time_s"], key
 
 
@@ -69,11 +74,14 @@ def target_lines(result) -> list[str]:
             lines.append(f"- Membrane net forward at {side}x{side} >= {goal}x the faster batched patch-by-patch "
                          f"({dict(METHODS)[key]}): {_verdict(v >= goal)} ({v:,.0f}x; FLOP ratio "
                          f"{mem['flop_ratio']:.0f}x).")
-    shares = [(side, executed_share(_run(mem, side)["forward"], matmul)) for side in (512, 1024) if _run(mem, side)]
+    mem_matmul = net_matmul(mem, result) if mem else matmul
+    shares = [(side, executed_share(_run(mem, side)["forward"], mem_matmul)) for side in (512, 1024)
+              if _run(mem, side)]
     if shares:
-        lines.append(f"- Membrane dense pass >= 0.8 of the run's matmul rate ({matmul:.0f} GFLOP/s), executed "
+        lines.append(f"- Membrane dense pass >= 0.8 of the run's matmul rate ({mem_matmul:.0f} GFLOP/s), executed "
                      f"FLOPs: {_verdict(all(s >= 0.8 for _, s in shares))} "
                      f"({', '.join(f'{side}: {s:.2f}' for side, s in shares)}).")
+        lines += [f"  {line}" for line in gap_lines(mem, mem_matmul)]
     run = _run(mem, 512)
     if run and run["train"]:
         row = next((r for r in run["train"] if r["k"] == 512 * 512), None)
@@ -84,8 +92,8 @@ def target_lines(result) -> list[str]:
     zoo = [(n, r) for n in result["nets"] if n["name"] != MEMBRANE and n["width"] == 1.0 for r in n["runs"]]
     if zoo:
         parts = [f"{n['name']} {r['side']}x{r['side']} stride {n['output_stride']}: "
-                 f"{executed_share(r['forward'], matmul):.2f}" for n, r in zoo]
-        vgg = [executed_share(r["forward"], matmul) for n, r in zoo if n["name"] == "vgg16"]
+                 f"{executed_share(r['forward'], net_matmul(n, result)):.2f}" for n, r in zoo]
+        vgg = [executed_share(r["forward"], net_matmul(n, result)) for n, r in zoo if n["name"] == "vgg16"]
         verdict = f"{_verdict(min(vgg) >= 0.6)} " if vgg else ""
         lines.append(f"- Zoo at width 1.0, executed share of matmul (>= 0.6 for vgg16): {verdict}"
                      f"({'; '.join(parts)}).")
@@ -102,6 +110,24 @@ def target_lines(result) -> list[str]:
                      f"({t['time_s']:.1f} s = {per_px * 1e6:.2f} us/pixel vs {per_px_ref * 1e6:.2f}: "
                      f"{100 * slower:+.0f}%). Tiled == untiled to {t['max_abs_diff_256']:.1e} on 256x256.")
     return lines
+
+
+def gap_lines(net, matmul) -> list[str]:
+    """From the profiles: how fast the convolutions alone ran, and where the rest of the time went."""
+    out = []
+    for prof in net.get("profiles", []):
+        nodes = prof["nodes"]
+        total = sum(n["time_s"] for n in nodes)
+        conv = [n for n in nodes if n["flops"]]
+        conv_t, flops = sum(n["time_s"] for n in conv), sum(n["flops"] for n in conv)
+        if not total or not conv_t:
+            continue
+        rest = sorted(((op, t) for op, (_, t, f) in _by_op(nodes) if not f and t > 0), key=lambda kv: -kv[1])
+        parts = ", ".join(f"{op} {100 * t / total:.0f}%" for op, t in rest[:4])
+        out.append(f"Profile at {prof['side']}x{prof['side']}: the convolutions alone ran at "
+                   f"{flops / conv_t / 1e9:.0f} GFLOP/s ({flops / conv_t / 1e9 / matmul:.2f} of matmul) in "
+                   f"{100 * conv_t / total:.0f}% of the time; operations without FLOPs took the rest ({parts}).")
+    return out
 
 
 def _forward_table(net, matmul) -> list[str]:
@@ -209,7 +235,55 @@ def _profile_tables(net, matmul, max_nodes=14) -> list[str]:
     return out
 
 
-def write_markdown(result, plot_path: Path, docs_path: Path, notes: str = "") -> str:
+NOTES = """## What the default path does, and what the profile decided
+
+`fcnseg.densify(model)` returns the optimised dense network (`fcnseg/convert/optimize.py`; why each
+rewrite is exact: docs/algorithm.md, "The optimising rewrite"). Besides channels_last end to end,
+folded batch norm and dropped identity windows, three levers were added from the per-node profile
+below; each is exact up to float rounding (tests/test_optimize.py compares with `fcnseg.patchwise`
+in float64):
+
+- **Freed maps reused within a pass** (`reuse_memory`, CPU with glibc). The profile's slow
+  zero-FLOP rows (a 2x2 max pool slower than the 48-channel convolution before it) were page
+  faults: glibc maps every block above 32 MB afresh and the kernel faults in and zeroes each page
+  on first touch, about 1 s per GB on this machine (a 240 MB allocation + fill: 270-390 ms fresh,
+  20-45 ms reused). During the forward pass large blocks now come from the malloc heap; glibc's
+  limits are restored and the free pages returned afterwards. Membrane net, one thread, the two
+  settings alternated in one process on the loaded machine: 512x512 5.9-9.4 s vs 10.4-11.7 s,
+  256x256 2.3-2.5 s vs 3.0-3.8 s.
+- **No layout copy after the first convolution of a gray image.** A `(C, 1, kh, kw)` kernel is
+  passed as an NHWC-strided view, so the convolution writes NHWC itself: at 256x256 the first
+  convolution plus its copy went from 34 + 42 ms to 24 ms.
+- **Wide FC-derived convolutions as matrix products over gathered windows** (reduction
+  `C*kh*kw >= 4096`, CPU inference). VGG-16's fc6 (512 -> 4096, 7x7, dilation 4) ran at 0.01 of
+  the matmul rate on a 16x16 output (oneDNN reorders the 411 MB kernel on every call); gathered:
+  2.2x faster there, as fast on 32x32. The membrane net's fc1 (reduction 432) was 2x slower
+  gathered and stays on oneDNN.
+
+Decided against, from the same profiles:
+- oneDNN fused convolution + ReLU/PReLU/add: the zoo's ReLUs are in place and took 0.3-1% of the
+  membrane pass; a fused post-op can save at most that. ResNet's residual additions are the
+  exception (see its profile), but a fused add needs the inference-only
+  `mkldnn._convolution_pointwise` ops and a second code path for training.
+- The padding copy: the `pad` row is under 0.5% of every pass.
+- Pooling: already the channels_last kernel (vectorised across channels, any dilation). Max
+  pooling as the maximum of shifted views was as fast forward, 10x slower backward, and splits
+  gradients at ties; separable pools were slower.
+- Thread tuning: not measurable on this machine while others ran (load 5-8 on 2 cores); the
+  run uses PyTorch's default (one thread per core).
+- torch.compile (inductor): exact and 10-15% faster on the membrane net, but it compiles for
+  over a minute per input shape on 2 cores; `--compile` times it, it is not the default.
+- Reusing freed memory in the backward pass too: the training step is the caller's code; the
+  dense backward still takes fresh pages (part of the training rows' gap).
+
+The batched patch-by-patch baselines run `fcnseg.patchwise` on the classifier in NCHW and on a
+channels_last copy, batches of up to 256 patches, under `torch.inference_mode()`; patch training
+accumulates gradients batch by batch. Shift-and-stitch runs the strided FCN with the same default
+optimisations, so the comparison is of methods, not layouts.
+"""
+
+
+def write_markdown(result, plot_path: Path, docs_path: Path, notes: str = NOTES) -> str:
     m = result["machine"]
     matmul = matmul_rate(result)
     gpu = m.get("gpu")
@@ -221,15 +295,16 @@ def write_markdown(result, plot_path: Path, docs_path: Path, notes: str = "") ->
         "# Benchmarks: exact dense inference and training against every other method",
         "",
         f"Generated by `python tools/bench.py{' --quick' if result['mode'] == 'quick' else ''}` "
-        f"({result['mode']} run, {result['wall_s'] / 60:.1f} minutes).",
+        f"({result['mode']} run, {result['wall_s'] / 60:.1f} minutes"
+        + ("; partial: written after the last network that finished" if result.get("partial") else "") + ").",
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
         f"Python {m['python']}; device **{m['device']}**" + (f" ({gpu}, cuDNN {m['cudnn']})" if gpu else "")
         + ". " + ("These are GPU numbers (CUDA events, cudnn.benchmark on)." if gpu else
                   "These are CPU numbers; no GPU was used (`python tools/bench.py --device cuda` writes the "
                   "same tables for a GPU, with float16/bfloat16 autocast timed apart, into results/cuda/)."),
-        f"- Float32 matmul in this run (GFLOP/s, start; end): {mm}. *Share of matmul* below is against "
-        f"{matmul:.0f} GFLOP/s, the faster size averaged over start and end.",
+        f"- Float32 matmul in this run (GFLOP/s, start; end): {mm}. *Share of matmul* below is against the "
+        "faster of the two sizes measured just before each network (given with it), as the load changes.",
         f"- Load average (1 min) at start / end: {result['load_average_start'][0]:.2f} / "
         f"{result['load_average_end'][0]:.2f}; at each run: {', '.join(run_loads)}. The machine may be shared: "
         "absolute times are noisy, **ratios are measured within one run**.",
@@ -258,11 +333,14 @@ def write_markdown(result, plot_path: Path, docs_path: Path, notes: str = "") ->
         lines += [notes.strip(), ""]
     for net in result["nets"]:
         p = net["patch_size"]
+        matmul = net_matmul(net, result)
         lines += [f"## {net['name']} (width {net['width']}, {net['source']}, output stride {net['output_stride']})", "",
                   f"Patch {p[0]}x{p[1]}, {net['in_channels']} input channel(s), total stride "
                   f"{net['total_stride'][0]}; {net['flops_patch'] / 1e6:.1f} MFLOP per patch, "
                   f"{net['flops_dense_per_pixel'] / 1e3:.1f} kFLOP per output pixel dense: FLOP ratio "
-                  f"**{net['flop_ratio']:.0f}x**.", "", "Forward:", "", *_forward_table(net, matmul), "",
+                  f"**{net['flop_ratio']:.0f}x**. Matmul just before it: "
+                  + ", ".join(f"{n}^2 {v:.0f} GFLOP/s" for n, v in net.get("matmul_gflops", {}).items())
+                  + f"; load average {net['runs'][0].get('load_average', ['?'])[0]}.", "", "Forward:", "", *_forward_table(net, matmul), "",
                   *_mixed_table(net)]
         if any(r["train"] for r in net["runs"]):
             lines += ["Training step (masked per-pixel cross-entropy on k random pixels, forward + backward):", "",
@@ -316,3 +394,20 @@ def write_plot(result, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def speed_table(result) -> list[str]:
+    """The README's speed table (membrane net, forward) from a results file."""
+    mem = _net(result, MEMBRANE)
+    matmul = net_matmul(mem, result) if mem else matmul_rate(result)
+    rows = ["| image | batched patch-by-patch (faster layout) | shift-and-stitch | hand conversion (NCHW) | "
+            "densify(optimize=False) | fcnseg.densify | speed-up vs patch | share of matmul |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in mem["runs"] if mem else []:
+        f = run["forward"]
+        pt, _ = patch_time(f)
+        d = f["densify"]["time_s"]
+        rows.append(f"| {run['side']}x{run['side']} | {_fmt_time(pt)} | {_fmt_time(f.get('shift_stitch', {}).get('time_s'))} "
+                    f"| {_fmt_time(f.get('hand', {}).get('time_s'))} | {_fmt_time(f.get('densify_plain', {}).get('time_s'))} "
+                    f"| {_fmt_time(d)} | {_x(pt / d)} | {executed_share(f, matmul):.2f} |")
+    return rows

@@ -42,6 +42,8 @@ class NetRun:
     train_sides: tuple = ()
     output_stride: int = 1
     profile_sides: tuple = ()
+    patch_layouts: tuple = ("nchw", "channels_last")   # batched patch-by-patch baselines to time
+    plain: bool = True                                 # also time densify(optimize=False)
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,13 @@ class Config:
 # zoo's networks at width 1.0 at the classic segmentation settings.
 FULL = Config(
     nets=(NetRun("membrane95", 1.0, (256, 512, 1024), (512,), 1, (256, 512, 1024)),
-          NetRun("vgg16", 1.0, (512,), (), 8, (512,)),
-          NetRun("resnet50", 1.0, (512,), (), 8, (512,)),
-          NetRun("mobilenet_v2", 1.0, (256,), (), 1, (256,))),
-    ks=(4096, "all"), repeats=3, budget_s=6.0, patch_seconds=2.0, tiling=("membrane95", 4096, 1024))
+          # the zoo nets: channels_last patch-by-patch only (the faster layout on every net measured),
+          # and no plain graph for MobileNet (4.5x slower than the default: minutes per call)
+          NetRun("vgg16", 1.0, (512,), (), 8, (512,), ("channels_last",)),
+          NetRun("resnet50", 1.0, (512,), (), 8, (512,), ("channels_last",)),
+          NetRun("mobilenet_v2", 1.0, (256,), (), 1, (256,), ("channels_last",), plain=False)),
+    ks=("all",), repeats=3, budget_s=6.0, patch_seconds=2.0, tiling=("membrane95", 4096, 1024),
+    profile_repeats=1)
 QUICK = Config(
     nets=(NetRun("membrane95", 1.0, (64, 128), (64,), 1, (64,)),
           NetRun("lenet5", 1.0, (64,), (), 1, ())),
@@ -81,15 +86,11 @@ def max_diff(a, b) -> float:
     return float((a.double() - b.double()).abs().max())
 
 
-def sample_size(run, n_pixels, batch, seconds) -> int:
-    """Patches to time so that the sample takes about `seconds`: one batch calibrates the rate."""
-    probe = torch.arange(min(batch, n_pixels))
-    run(probe)                                                    # first call: allocations, kernels
-    t = time.perf_counter()
-    run(probe)
-    per_patch = (time.perf_counter() - t) / len(probe)
-    n = int(seconds / max(per_patch, 1e-9)) // batch * batch
-    return max(min(batch, n_pixels), min(n_pixels, MAX_SAMPLE, n))
+def sample_size(per_patch_s: float, batch: int, available: int, seconds: float) -> int:
+    """Patches to time so that the sample takes about `seconds`, in whole batches, at least one
+    batch and at most MAX_SAMPLE (or every available pixel)."""
+    n = int(seconds / max(per_patch_s, 1e-9)) // batch * batch
+    return max(min(batch, available), min(available, MAX_SAMPLE, n))
 
 
 def output_pixels(side: int, stride: int) -> int:
@@ -98,28 +99,37 @@ def output_pixels(side: int, stride: int) -> int:
 
 def bench_patch(models, x, ref, stride, cfg, timer) -> dict:
     """Batched patch-by-patch with each of `models` ({key: classifier}); linear in the pixels, so a
-    random sample of output pixels is timed and scaled."""
-    side = x.shape[-1]
-    c = x.shape[1]
+    random sample of output pixels is timed and scaled. One batch warms up and calibrates; a
+    larger sample is timed only if one batch takes less than `cfg.patch_seconds`."""
+    side, c = x.shape[-1], x.shape[1]
     out = {}
     for key, model in models.items():
         bs = patch_batch_size(model.patch_size, c)
         all_pix = sample_pixels(side, side, output_pixels(side, stride), seed=9, stride=stride).to(x.device)
-        n_pix = sample_size(lambda i: fcnseg.patchwise(model, x, pixels=all_pix[i], batch_size=bs),
-                            len(all_pix), bs, cfg.patch_seconds)
-        pix = sample_pixels(side, side, n_pix, stride=stride).to(x.device)
-        t = timer(lambda: fcnseg.patchwise(model, x, pixels=pix, batch_size=bs))
-        pw = fcnseg.patchwise(model, x, pixels=pix, batch_size=bs)[..., pix[:, 0], pix[:, 1]]
-        out[key] = record(t, output_pixels(side, stride) / n_pix, sampled=n_pix, batch_size=bs,
-                          max_abs_diff=max_diff(pw, ref[..., pix[:, 0] // stride, pix[:, 1] // stride]))
+        scores = {}
+
+        def run(pix, model=model, bs=bs):
+            scores["out"] = fcnseg.patchwise(model, x, pixels=pix, batch_size=bs)[..., pix[:, 0], pix[:, 1]]
+
+        pix = all_pix[:bs]
+        run(pix[:1])                                              # warm-up: allocations, kernel choice
+        t = timer(lambda: run(pix), warmup=False)
+        n = sample_size(t.median / len(pix), bs, len(all_pix), cfg.patch_seconds)
+        if n > len(pix):
+            pix = all_pix[:n]
+            t = timer(lambda: run(pix), warmup=False)
+        out[key] = record(t, output_pixels(side, stride) / len(pix), sampled=len(pix), batch_size=bs,
+                          max_abs_diff=max_diff(scores["out"], ref[..., pix[:, 0] // stride, pix[:, 1] // stride]))
     return out
 
 
-def bench_forward(model, c, side, stride, cfg, timer, device, compile_body):
+def bench_forward(model, c, side, stride, cfg, timer, device, compile_body, spec):
     """All forward methods on one (1, c, side, side) image; returns ({method: record}, geometry)."""
     torch.manual_seed(0)
     x = torch.randn(1, c, side, side, device=device)
     nets = dense_networks(model, stride)
+    if not spec.plain:
+        del nets["densify_plain"]
     dense = nets["densify"]
     out = {}
     with torch.inference_mode():
@@ -161,8 +171,9 @@ def bench_forward(model, c, side, stride, cfg, timer, device, compile_body):
             diff = max_diff(part[..., a :: ss.s[0], b :: ss.s[1]], ref[..., a :: ss.s[0], b :: ss.s[1]])
             out["shift_stitch"] = record(t, len(all_shifts) / len(shifts), shifts=len(all_shifts),
                                          sampled=len(shifts), max_abs_diff=diff)
-        patch = bench_patch({"patch_nchw": model, "patch_cl": channels_last_copy(model)}, x, ref, stride,
-                            cfg, timer)
+        layouts = {"patch_nchw": model if "nchw" in spec.patch_layouts else None,
+                   "patch_cl": channels_last_copy(model) if "channels_last" in spec.patch_layouts else None}
+        patch = bench_patch({k: m for k, m in layouts.items() if m is not None}, x, ref, stride, cfg, timer)
         out.update(patch)
     return out, dense.geometry
 
@@ -176,15 +187,18 @@ def bench_train(model, c, side, cfg, timer, device):
     geo = dense.geometry
     bs = patch_batch_size(model.patch_size, c)
     patch = {}
+    all_pix = sample_pixels(side, side, side * side, seed=2).to(device)
+    all_tgt = torch.randint(0, geo.num_classes, (len(all_pix),), device=device)
     for key, net in (("nchw", model), ("channels_last", channels_last_copy(model))):
         # patch training costs k times one patch's forward+backward: time a sample, scale to each k
-        all_pix = sample_pixels(side, side, side * side, seed=2).to(device)
-        zeros = torch.zeros(len(all_pix), dtype=torch.long, device=device)
-        n_pix = sample_size(lambda i, net=net: patch_train_step(net, x, all_pix[i], zeros[i], bs),
-                            side * side, bs, cfg.patch_seconds)
-        pix = sample_pixels(side, side, n_pix, seed=2).to(device)
-        tgt = torch.randint(0, geo.num_classes, (n_pix,), device=device)
-        patch[key] = (timer(lambda net=net: patch_train_step(net, x, pix, tgt, bs)), n_pix)
+        pix, tgt = all_pix[:bs], all_tgt[:bs]
+        patch_train_step(net, x, pix, tgt, bs)                              # warm-up
+        t = timer(lambda net=net, pix=pix, tgt=tgt: patch_train_step(net, x, pix, tgt, bs), warmup=False)
+        n = sample_size(t.median / len(pix), bs, len(all_pix), cfg.patch_seconds)
+        if n > len(pix):
+            pix, tgt = all_pix[:n], all_tgt[:n]
+            t = timer(lambda net=net, pix=pix, tgt=tgt: patch_train_step(net, x, pix, tgt, bs), warmup=False)
+        patch[key] = (t, len(pix))
     layout = min(patch, key=lambda k: patch[k][0].median / patch[k][1])
     t_patch, n_pix = patch[layout]
     rows = []
@@ -216,7 +230,8 @@ def bench_tiling(name, side, reference_side, device, timer):
     diff = max_diff(predict_tiled(dense, small, 64).scores.to(untiled.device), untiled)
     ref_image = torch.randn(1, c, reference_side, reference_side, device=device)
     with torch.inference_mode():
-        t_ref = timer(lambda: dense(ref_image))
+        dense(ref_image[..., :256, :256])                           # warm-up on a small image
+        t_ref = timer(lambda: dense(ref_image), warmup=False)
     image = torch.randn(c, side, side)
     t = timer(lambda: predict_tiled(dense, image, tile, return_scores=False), warmup=False)
     return {"net": name, "side": side, "tile": tile, "memory_mb_budget": budget, "time_s": t.median,
@@ -246,7 +261,11 @@ def main(argv=None, *, root: Path | None = None):
     ap.add_argument("--threads", type=int, help="torch.set_num_threads for the whole run")
     ap.add_argument("--compile", action="store_true", help="also time optimize=Optimizations(compile=True)")
     ap.add_argument("--no-tiling", action="store_true")
+    ap.add_argument("--tiling-only", action="store_true", help="only the tiled-inference measurement (with --add: "
+                    "into an existing results file)")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--add", action="store_true", help="merge into an existing <out-dir>/bench.json: its "
+                    "networks of the same name (and the tiling, if measured) are replaced, the others kept")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report and plot from an "
                     "existing <out-dir>/bench.json without measuring anything")
     args = ap.parse_args(argv)
@@ -270,41 +289,68 @@ def main(argv=None, *, root: Path | None = None):
     result = {"machine": machine(device), "mode": "quick" if args.quick else "full",
               "load_average_start": load_average(), "matmul_gflops": [matmul_rates(device)], "nets": []}
     print(f"matmul GFLOP/s: {result['matmul_gflops'][0]}", flush=True)
+    base = json.loads((out_dir / "bench.json").read_text()) if args.add and (out_dir / "bench.json").exists() \
+        else None
     for spec in cfg.nets:
-        if args.nets and spec.name not in args.nets:
+        if args.tiling_only or (args.nets and spec.name not in args.nets):
             continue
         model, c, source = build_network(spec.name, spec.width)
         model.to(device)
         entry = {"name": spec.name, "width": spec.width, "source": source, "in_channels": c,
+                 "matmul_gflops": matmul_rates(device),           # this network's own ceiling, just before it
                  "output_stride": spec.output_stride, "patch_size": list(model.patch_size), "runs": [],
                  "profiles": []}
         for side in args.sizes or spec.sides:
             t0 = time.time()
-            fwd, geo = bench_forward(model, c, side, spec.output_stride, cfg, timer, device, args.compile)
+            fwd, geo = bench_forward(model, c, side, spec.output_stride, cfg, timer, device, args.compile, spec)
             train = bench_train(model, c, side, cfg, timer, device) if side in spec.train_sides else []
             entry.update(total_stride=list(geo.total_stride), flops_patch=geo.flops_patch,
                          flops_dense_per_pixel=geo.flops_dense_per_pixel, flop_ratio=geo.flop_ratio)
             entry["runs"].append({"side": side, "forward": fwd, "train": train, "load_average": load_average()})
             best = fwd["densify"]["time_s"]
-            patch = min(fwd["patch_nchw"]["time_s"], fwd["patch_cl"]["time_s"])
-            print(f"{spec.name:12} {side:5}: densify {best * 1e3:9.1f} ms, plain "
-                  f"{fwd['densify_plain']['time_s'] * 1e3:9.1f} ms, patch {patch:9.1f} s ({patch / best:6.0f}x) "
-                  f"[{time.time() - t0:.0f} s]", flush=True)
+            patch = min(fwd[k]["time_s"] for k in ("patch_nchw", "patch_cl") if k in fwd)
+            plain = fwd.get("densify_plain", {}).get("time_s", float("nan"))
+            print(f"{spec.name:12} {side:5}: densify {best * 1e3:9.1f} ms, plain {plain * 1e3:9.1f} ms, "
+                  f"patch {patch:9.1f} s ({patch / best:6.0f}x) [{time.time() - t0:.0f} s]", flush=True)
         if not args.no_profile:
             for side in args.sizes or spec.profile_sides:
                 entry["profiles"].append(bench_profile(model, c, side, spec.output_stride, cfg.profile_repeats,
                                                        device))
                 print(f"{spec.name:12} {side:5}: profiled", flush=True)
         result["nets"].append(entry)
-    if not args.no_tiling and not args.nets:
+        # a partial results file after every network: a run cut short still leaves its numbers
+        write_outputs(merged({**result, "load_average_end": load_average(), "wall_s": time.time() - started,
+                              "partial": True}, base), out_dir, docs)
+    if not args.no_tiling and (not args.nets or cfg.tiling[0] in args.nets):
         name, side, reference_side = cfg.tiling
         result["tiling"] = bench_tiling(name, side, reference_side, device, Timer(device, 1, 0.0))
         print(f"tiling: {result['tiling']}", flush=True)
     result["matmul_gflops"].append(matmul_rates(device))
     result["load_average_end"] = load_average()
     result["wall_s"] = time.time() - started
+    result = merged(result, base)
     write_outputs(result, out_dir, docs)
     return result
+
+
+def merged(result: dict, base: dict | None) -> dict:
+    """`result` merged into an earlier results file `base` (--add): same-name networks replaced."""
+    if base is None:
+        return result
+    names = {n["name"] for n in result["nets"]}
+    out = {**base, "nets": [n for n in base["nets"] if n["name"] not in names] + result["nets"],
+           "runs_merged": base.get("runs_merged", [{k: base.get(k) for k in ("load_average_start",
+                                                                             "load_average_end", "wall_s")}])
+           + [{k: result.get(k) for k in ("load_average_start", "load_average_end", "wall_s")}],
+           "load_average_end": result["load_average_end"], "wall_s": base.get("wall_s", 0) + result["wall_s"],
+           "matmul_gflops": base["matmul_gflops"] + result["matmul_gflops"]}
+    if "tiling" in result:
+        out["tiling"] = result["tiling"]
+    if result.get("partial"):
+        out["partial"] = True
+    else:
+        out.pop("partial", None)
+    return out
 
 
 def write_outputs(result, out_dir: Path, docs: Path, write_json: bool = True) -> None:
