@@ -92,11 +92,16 @@ def patch_backward(net, images, pixels, patch_size, loss_of_logits, *, pad_mode=
     logits = torch.cat(outs).requires_grad_(True)  # (M, K), a leaf
     loss = loss_of_logits(logits)
     (grad,) = torch.autograd.grad(loss, logits)
+    # under DistributedDataParallel only the last backward all-reduces the accumulated
+    # gradients (each would otherwise average the sum so far across ranks)
+    no_sync = getattr(net, "no_sync", None)
     a = 0
-    for (n, p), state in zip(groups, states):
+    for k, ((n, p), state) in enumerate(zip(groups, states)):
         torch.random.set_rng_state(state)
-        with ctx():
-            out = net(crop(n, p)).flatten(1)
-        out.backward(grad[a:a + len(p)].to(out.dtype))
+        last = k == len(groups) - 1
+        with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            with ctx():
+                out = net(crop(n, p)).flatten(1)
+            out.backward(grad[a:a + len(p)].to(out.dtype))
         a += len(p)
     return loss.detach()
