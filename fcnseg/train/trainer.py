@@ -460,9 +460,15 @@ class Trainer:
                        "trainer.amp=false"])
 
     def _train(self):
-        d, plan = self.env, self.plan
-        bar = tqdm(total=plan.total_steps, initial=self.step, disable=not d.main,
+        bar = tqdm(total=self.plan.total_steps, initial=self.step, disable=not self.env.main,
                    desc=f"train [{self.method}]", dynamic_ncols=True, leave=True)
+        try:
+            return self._train_steps(bar)
+        finally:
+            bar.close()  # also when a step raised (a diverged loss)
+
+    def _train_steps(self, bar):
+        d, plan = self.env, self.plan
         losses, t0 = [], time.perf_counter()
         if self.step and plan.evaluates_after(self.step) and \
                 (not self.history or self.history[-1]["step"] != self.step):
@@ -480,7 +486,6 @@ class Trainer:
                     set_rng_state(self.resumed_rng)
                     self.resumed_rng = None
                 if self._stop_requested():
-                    bar.close()
                     return self._interrupted()
                 with self.stop.lock:
                     self.safe_rng = rng_state()  # what the abandon path resumes from
@@ -506,14 +511,13 @@ class Trainer:
                 if plan.evaluates_after(self.step):
                     train_time = time.perf_counter() - t0
                     if not self._evaluate(losses, train_time):
-                        bar.close()
                         return self._interrupted()
                     losses, t0 = [], time.perf_counter()
                     self.train_net.train()
                     self.model.train()
                     if self.has_bn and self.patch_size is not None:
                         fcnseg.freeze_batchnorm(self.model)
-        bar.close()
+        bar.close()  # before the final report's table
         if not self.history:
             raise TrainingError("no step was run (the run being resumed has already finished)")
         self._final_report(self.history[-1]["metrics"])
