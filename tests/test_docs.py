@@ -83,8 +83,8 @@ TIMEOUT_S = {"tools/train.py": 240}
 DEFAULT_TIMEOUT_S = 180
 PYTHON_TIMEOUT_S = 180
 # The whole module stops starting commands after this many seconds (.ci/run gives the docs
-# test its own step of 1600 s). 43 commands ran in 794-1040 s on 2 cores under a load average of 7-9
-# (other work); $FCNSEG_DOCS_TEST_BUDGET_S overrides it.
+# test its own step of 1600 s). 43 commands ran in 794-1040 s on 2 cores under a load
+# average of 7-9 (other work); $FCNSEG_DOCS_TEST_BUDGET_S overrides it.
 BUDGET_S = int(os.environ.get("FCNSEG_DOCS_TEST_BUDGET_S", 1200))
 # The demo dataset in the copy: its first images, real size (a training step sees the
 # batch a user's step sees; validation and reports stay quick).
