@@ -22,7 +22,7 @@ from .patch import crop_patches, patchwise
 __version__ = "0.1.0"
 
 # imported lazily (module __getattr__): they pull in torchvision, PIL, safetensors...
-SUBPACKAGES = ("zoo", "data", "infer", "train", "bench", "models", "runtime")
+SUBPACKAGES = ("zoo", "data", "infer", "train", "bench", "models", "runtime", "heads")
 
 __all__ = ["densify", "DenseClassifier", "Optimizations", "patchwise", "crop_patches", "compare_dense",
            "Comparison", "grid_pixels", "sample_pixels", "strip_padding", "find_patch_size", "geometry", "Geometry",

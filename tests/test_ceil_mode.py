@@ -5,8 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fcnseg
-from helpers import check_dense
-from mtcnn_like import ONet, RNet, grads_match, Head
+from helpers import check_dense, grads_match, Head, ONet, RNet
 
 K = 5
 

@@ -4,8 +4,7 @@ import torch
 from torch import nn
 
 import fcnseg
-from helpers import check_dense
-from mtcnn_like import grads_match
+from helpers import check_dense, grads_match
 
 K = 5
 
