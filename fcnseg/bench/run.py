@@ -58,7 +58,7 @@ class Config:
     amp_dtypes: tuple = field(default=(torch.float16, torch.bfloat16))   # CUDA only
 
 
-# Widths and sizes of the targets: the membrane net at 256-1024 (training at 512), the
+# Widths and sizes of the performance targets: the membrane net at 256-1024 (training at 512), the
 # zoo's networks at width 1.0 at the classic segmentation settings.
 FULL = Config(
     nets=(NetRun("membrane95", 1.0, (256, 512, 1024), (512,), 1, (256, 512, 1024)),
