@@ -77,7 +77,8 @@ class DenseClassifier(nn.Module):
         ho, wo = (xp.shape[-2] - p) // s[0] + 1, (xp.shape[-1] - q) // s[1] + 1
         opt = self.optimizations
         with num_threads(opt.threads if opt else None), \
-                reuse_freed_memory(bool(opt and opt.reuse_memory) and xp.device.type == "cpu"):
+                reuse_freed_memory(bool(opt and opt.reuse_memory) and xp.device.type == "cpu"
+                                   and not torch.is_grad_enabled()):   # see Optimizations.reuse_memory
             y = self.body(xp)
             if self.per_patch_tail is not None:
                 return self._run_tail(y, ho, wo)
