@@ -173,7 +173,7 @@ def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str
     except PatchSizeError as exc:
         from .convert.strip import nearby_patch_sizes
         near = nearby_patch_sizes(gm, c, patch_size)
-        raise PatchSizeError(f"{exc}. Patch sizes near {patch_size} that work: {near}") from None
+        raise type(exc)(f"{exc}. Patch sizes near {patch_size} that work: {near}") from None
     geo = build_geometry(conv, patch_size, c, s)
     return DenseClassifier(model, optimize_body(body, options), patch_size, s, pad_mode, pad_value, geo,
                            conv.unsafe, conv.num_classes, tail, conv.tail_inputs, options)

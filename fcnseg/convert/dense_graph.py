@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import ops
 from ..geometry import Geo, LayerGeometry
-from .errors import OutputStrideError, PaddingError, PatchSizeError, UnsupportedLayerError
+from .errors import OutputStrideError, PaddingError, PartialWindowError, PatchSizeError, UnsupportedLayerError
 from .layers import PER_FEATURE_MODULES, POINTWISE_METHODS, TRAIN_MODE_UNSAFE, Layer, describe
 
 STRIP_HINT = ("use `valid_model, patch_size = fcnseg.strip_padding(model)` to remove internal padding "
@@ -39,6 +39,7 @@ class Conversion:
     unsafe: list = field(default_factory=list)   # (name, module) refused in training mode
     per_patch_tail: torch.fx.Graph | None = None  # layers after a squeeze-excitation gate (Converter._find_per_patch)
     tail_inputs: list = field(default_factory=list)  # Geo of each dense tensor the per-patch tail gathers
+    partial_windows: bool = False  # some ceil-mode window is partial at this patch size (edge maps built)
 
 
 # layers that read their input's edge maps (partial windows) themselves; the rest run per map class
@@ -73,6 +74,7 @@ class Converter:
         # windows"): per axis (rows, cols) whether a node keeps a second map for the patch's last
         # position, and its maps by class, (0, 0) being env[node]
         self.split, self.variants = {}, {}
+        self.partial_windows = False
         self.layout = {}             # node -> (order of its dims in the patch network, permuting layer)
         self.per_patch = self._find_per_patch()
         self.scratch, self.scratch_env, self.dense_env = torch.fx.Graph(), {}, self.env
@@ -163,7 +165,7 @@ class Converter:
             else:
                 self._visit(node)
         return Conversion(self.graph, self.attrs, self.layers, self.out_geo, self.num_classes, self.unsafe,
-                          self.per_patch_tail, [self.geo[b] for b in self.tail_inputs])
+                          self.per_patch_tail, [self.geo[b] for b in self.tail_inputs], self.partial_windows)
 
     def _build_per_patch_tail(self, out, leaves):
         """The per-patch tail: the original nodes, fed with features gathered from dense maps."""
@@ -195,7 +197,7 @@ class Converter:
                     self._attr(n.target)
         for b in tail_inputs:
             if b in self.split:
-                raise UnsupportedLayerError(
+                raise PartialWindowError(
                     f"the per-patch layers after a squeeze-excitation gate read '{b.name}', a map with partial "
                     "ceil-mode windows: this combination has no exact dense form; choose a patch size for which "
                     "every pooling window fits")
@@ -258,6 +260,7 @@ class Converter:
     def _set_variants(self, node, split, variants):
         self.env[node] = variants[(0, 0)]
         if any(split):
+            self.partial_windows = True
             self.split[node], self.variants[node] = tuple(split), variants
         else:
             self.split.pop(node, None)
@@ -267,7 +270,7 @@ class Converter:
         """A layer that treats every position alike runs once per map class of its inputs."""
         inputs = [a for a in node.all_input_nodes if a in self.split]
         if inputs and node in self.per_patch:
-            raise UnsupportedLayerError(
+            raise PartialWindowError(
                 f"layer '{layer.name}' runs per patch after a patch-global gate (squeeze-excitation) and reads a "
                 f"map with partial ceil-mode windows ('{inputs[0].name}'): this combination has no exact dense form; "
                 "choose a patch size for which every pooling window fits")

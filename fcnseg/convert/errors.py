@@ -19,3 +19,9 @@ class UnsupportedLayerError(ConversionError):
 
 class OutputStrideError(ConversionError):
     """The requested output stride is not a cumulative stride of the network."""
+
+
+class PartialWindowError(PatchSizeError, UnsupportedLayerError):
+    """Partial ceil-mode windows where no exact dense form exists (read by the per-patch layers after a
+    squeeze-excitation gate). Unsupported as built, and a patch size whose windows all fit avoids it,
+    so the patch-size search treats it like any size that does not fit."""
