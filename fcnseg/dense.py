@@ -14,7 +14,8 @@ from .convert.trace import infer_in_channels, patch_values, trace
 from .geometry import Geometry, build_geometry
 from . import ops
 from .ops import PAD_MODES, pad_image
-from .convert.optimize import Optimizations, num_threads, optimize_body, reuse_freed_memory
+from .convert.optimize import Optimizations, num_threads, optimize_body
+from .runtime import reuse_freed_memory
 from .ops import as_pair
 from .patch import resolve_patch_size
 

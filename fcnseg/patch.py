@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .ops import as_pair, pad_image
+from .runtime import reuse_host_memory
 
 
 def resolve_patch_size(model: nn.Module, patch_size) -> tuple[int, int]:
@@ -66,15 +67,16 @@ def patchwise(model: nn.Module, x: torch.Tensor, patch_size=None, *, pad_mode="c
     xp = pad_image(x, (p, q), pad_mode, pad_value)
     outs, spec = None, None
     step = max(1, batch_size // max(n, 1))             # pixels per batch: n patches each
-    for start in range(0, len(idx), step):
-        chunk = idx[start : start + step]
-        leaves, spec = tree_flatten(model(crop_patches(x, chunk, (p, q), padded=xp)))
-        for i, scores in enumerate(leaves):
-            scores = scores.reshape(n, len(chunk), -1)                     # (N, M, K)
-            if outs is None or len(outs) <= i:
-                outs = (outs or []) + [torch.full((n, scores.shape[-1], h, w), float("nan"), dtype=scores.dtype,
-                                                  device=x.device)]
-            outs[i][:, :, chunk[:, 0], chunk[:, 1]] = scores.transpose(1, 2)
+    with reuse_host_memory(x.device):                  # every batch's maps reuse the last batch's pages
+        for start in range(0, len(idx), step):
+            chunk = idx[start : start + step]
+            leaves, spec = tree_flatten(model(crop_patches(x, chunk, (p, q), padded=xp)))
+            for i, scores in enumerate(leaves):
+                scores = scores.reshape(n, len(chunk), -1)                     # (N, M, K)
+                if outs is None or len(outs) <= i:
+                    outs = (outs or []) + [torch.full((n, scores.shape[-1], h, w), float("nan"),
+                                                      dtype=scores.dtype, device=x.device)]
+                outs[i][:, :, chunk[:, 0], chunk[:, 1]] = scores.transpose(1, 2)
     if outs is None:  # no pixel requested: still tell the caller the class counts
         leaves, spec = tree_flatten(model(torch.zeros(1, x.shape[1], p, q, dtype=x.dtype, device=x.device)))
         outs = [torch.full((n, t.reshape(1, -1).shape[1], h, w), float("nan"), dtype=x.dtype, device=x.device)

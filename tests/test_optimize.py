@@ -7,7 +7,8 @@ from torch import nn
 
 import fcnseg
 from fcnseg import ops
-from fcnseg.convert.optimize import _glibc, drop_identity_windows, num_threads, reuse_freed_memory
+from fcnseg.convert.optimize import drop_identity_windows, num_threads
+from fcnseg.runtime import _glibc, reuse_freed_memory
 
 
 def membrane_like(c=1, width=4):

@@ -20,7 +20,7 @@ import torch
 import torch.fx
 from torch.utils.flop_counter import FlopCounterMode
 
-from fcnseg.convert.optimize import reuse_freed_memory
+from fcnseg.runtime import reuse_freed_memory
 
 
 @dataclass

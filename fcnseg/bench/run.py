@@ -113,11 +113,14 @@ def bench_patch(models, x, ref, stride, cfg, timer) -> dict:
 
         pix = all_pix[:bs]
         run(pix[:1])                                              # warm-up: allocations, kernel choice
-        t = timer(lambda: run(pix), warmup=False)
-        n = sample_size(t.median / len(pix), bs, len(all_pix), cfg.patch_seconds)
-        if n > len(pix):
-            pix = all_pix[:n]
+        with timer.steady():             # the sample is timed on the heap one batch has filled
             t = timer(lambda: run(pix), warmup=False)
+            peak = t.peak_bytes                                   # the first batch's, on a trimmed heap
+            n = sample_size(t.median / len(pix), bs, len(all_pix), cfg.patch_seconds)
+            if n > len(pix):
+                pix = all_pix[:n]
+                t = timer(lambda: run(pix), warmup=False)
+        t.peak_bytes = max(peak, t.peak_bytes)
         out[key] = record(t, output_pixels(side, stride) / len(pix), sampled=len(pix), batch_size=bs,
                           max_abs_diff=max_diff(scores["out"], ref[..., pix[:, 0] // stride, pix[:, 1] // stride]))
     return out
@@ -192,12 +195,14 @@ def bench_train(model, c, side, cfg, timer, device):
     for key, net in (("nchw", model), ("channels_last", channels_last_copy(model))):
         # patch training costs k times one patch's forward+backward: time a sample, scale to each k
         pix, tgt = all_pix[:bs], all_tgt[:bs]
-        patch_train_step(net, x, pix, tgt, bs)                              # warm-up
-        t = timer(lambda net=net, pix=pix, tgt=tgt: patch_train_step(net, x, pix, tgt, bs), warmup=False)
-        n = sample_size(t.median / len(pix), bs, len(all_pix), cfg.patch_seconds)
-        if n > len(pix):
-            pix, tgt = all_pix[:n], all_tgt[:n]
+        with timer.steady():             # as a training run: each batch on the pages of the last
+            patch_train_step(net, x, pix, tgt, bs)                          # warm-up
             t = timer(lambda net=net, pix=pix, tgt=tgt: patch_train_step(net, x, pix, tgt, bs), warmup=False)
+            n = sample_size(t.median / len(pix), bs, len(all_pix), cfg.patch_seconds)
+            if n > len(pix):
+                pix, tgt = all_pix[:n], all_tgt[:n]
+                t = timer(lambda net=net, pix=pix, tgt=tgt: patch_train_step(net, x, pix, tgt, bs),
+                          warmup=False)
         patch[key] = (t, len(pix))
     layout = min(patch, key=lambda k: patch[k][0].median / patch[k][1])
     t_patch, n_pix = patch[layout]
@@ -230,8 +235,7 @@ def bench_tiling(name, side, reference_side, device, timer):
     diff = max_diff(predict_tiled(dense, small, 64).scores.to(untiled.device), untiled)
     ref_image = torch.randn(1, c, reference_side, reference_side, device=device)
     with torch.inference_mode():
-        dense(ref_image[..., :256, :256])                           # warm-up on a small image
-        t_ref = timer(lambda: dense(ref_image), warmup=False)
+        t_ref = timer(lambda: dense(ref_image))         # steady state, as each tile below after the first
     image = torch.randn(c, side, side)
     t = timer(lambda: predict_tiled(dense, image, tile, return_scores=False), warmup=False)
     return {"net": name, "side": side, "tile": tile, "memory_mb_budget": budget, "time_s": t.median,

@@ -13,7 +13,7 @@ and why it is exact: docs/algorithm.md, "The optimising rewrite".
   dilated convolutions run as fast or faster in channels_last. The input is converted once;
   a convolution on a single-channel map gets its kernel as a view with unambiguous NHWC
   strides, so that it writes its output NHWC itself (see `to_channels_last`).
-- freed maps reused within a pass (CPU, glibc): see `reuse_freed_memory`.
+- freed maps reused within a pass (CPU, glibc): see `fcnseg.runtime.reuse_freed_memory`.
 - wide FC-derived convolutions (a reduction of C*kh*kw >= GATHERED_MIN_REDUCTION, e.g. VGG's
   fc6) as one matrix product over gathered windows in inference on CPU: see `_conv_gathered`.
 - optional: a fixed intra-op thread count for the forward pass, and torch.compile of the body
@@ -25,10 +25,6 @@ through it trains the classifier.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
-import platform
-import threading
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -56,10 +52,11 @@ class Optimizations:
     compile_options: keyword arguments for torch.compile.
     reuse_memory: on CPU with glibc, serve the forward pass's maps from the malloc heap so that a
         freed map's pages are reused by the next one instead of fresh zeroed pages
-        (`reuse_freed_memory`); values are untouched. Inference passes only (autograd off): a
-        training forward keeps its maps for the backward pass, so the heap trimmed on leaving
-        the block would be refilled with fresh pages by the backward, which made a demo
-        training step slower (0.49 s vs 0.43 s without it, one process, idle 2-core CPU).
+        (`fcnseg.runtime.reuse_freed_memory`); values are untouched. Inference passes only
+        (autograd off): a training forward keeps its maps for the backward pass, so a heap
+        trimmed on leaving the forward would be refilled with fresh pages by the backward,
+        which made a demo training step slower (0.49 s vs 0.43 s). Training instead runs all
+        its steps, forward and backward, inside one block (fcnseg.train does).
     """
     channels_last: bool = True
     fold_batchnorm: bool = True
@@ -319,58 +316,5 @@ def num_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-# glibc mallopt parameters (malloc.h) and glibc's defaults for them
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-GLIBC_TRIM_THRESHOLD, GLIBC_MMAP_MAX = 128 * 1024, 65536
-_heap_lock = threading.Lock()
-_heap_depth = 0
-
-
-@functools.lru_cache(maxsize=None)
-def _glibc():
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def reuse_freed_memory(enabled: bool = True):
-    """Within the block, glibc malloc serves large blocks from its heap and keeps freed ones.
-
-    glibc maps every block above its mmap threshold (at most 32 MB) with a fresh mmap and
-    unmaps it on free, so each map of a large dense pass (240 MB per 48-channel map at
-    1024x1024) arrives as new pages that the kernel faults in and zeroes one by one: about
-    1 s per GB measured here, up to a third of the pass. With mmap disabled (M_MMAP_MAX 0) and
-    no trimming inside the block, a freed map's pages serve the next map. On leaving the
-    outermost block glibc's default limits are set back (mmap allowed, trim threshold
-    128 KiB) and malloc_trim(0) returns the free pages to the OS, so the resident size
-    after the pass is what it would have been. Nested and concurrent blocks share one
-    process-wide setting (a depth count). A no-op elsewhere (other C libraries, or
-    enabled=False); tensors on a GPU never go through malloc.
-    """
-    global _heap_depth
-    libc = _glibc() if enabled else None
-    if libc is None:
-        yield
-        return
-    with _heap_lock:
-        _heap_depth += 1
-        if _heap_depth == 1:
-            libc.mallopt(M_MMAP_MAX, 0)
-            libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
-    try:
-        yield
-    finally:
-        with _heap_lock:
-            _heap_depth -= 1
-            if _heap_depth == 0:
-                libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
-                libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
-                libc.malloc_trim(0)
-
-
 __all__ = ["Optimizations", "optimize_body", "rewrite", "drop_identity_windows", "fold_batchnorm",
-           "to_channels_last", "gather_wide_convolutions", "num_threads", "reuse_freed_memory"]
+           "to_channels_last", "gather_wide_convolutions", "num_threads"]

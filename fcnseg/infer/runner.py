@@ -316,11 +316,12 @@ def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
         f"output_stride {pred.output_stride})")
     run = _Run(cfg, pred, out_dir, tile, lambda m: log(tag + m))
     run.n_total = len(mine)
-    for item in mine:
-        job = run.open(item, clash.get(str(item.rel)))
-        if job is not None:
-            run.process(job)
-    run.flush_all()
+    with runtime.reuse_host_memory(pred.device):     # each image's maps reuse the pages of the last one's
+        for item in mine:
+            job = run.open(item, clash.get(str(item.rel)))
+            if job is not None:
+                run.process(job)
+        run.flush_all()
     rows = run.rows
     if world > 1:
         summ.write_partial(out_dir, rank, rows)

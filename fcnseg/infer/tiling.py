@@ -274,6 +274,14 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
     if s[0] != s[1]:
         raise ValueError(f"anisotropic output stride {s} is not supported by tiling")
     plan = plan_tiles(H, W, dense.patch_size, s[0], tile_size, region)
+    # every tile's maps reuse the pages of the tile before (fcnseg.runtime.reuse_freed_memory)
+    with runtime.reuse_host_memory(_param_dtype_device(dense)[1]):
+        return _predict_tiles(dense, image, plan, s[0], mode, value, transform, batch_size, amp,
+                              channels_last, return_scores, scores_out, label_channels)
+
+
+def _predict_tiles(dense, image, plan, stride, mode, value, transform, batch_size, amp, channels_last,
+                   return_scores, scores_out, label_channels) -> Prediction:
     labels = scores = None
     for m0, n0, out in iter_tile_outputs(dense, image, plan, pad_mode=mode, pad_value=value,
                                          transform=transform, batch_size=batch_size, amp=amp,
@@ -298,7 +306,7 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
                 scores[(slice(None),) + sl] = o.to("cpu")
             else:
                 scores[(slice(None),) + sl] = o.cpu().numpy()
-    return Prediction(labels, scores, s[0], plan.row0, plan.col0)
+    return Prediction(labels, scores, stride, plan.row0, plan.col0)
 
 
 # --- automatic tile size -----------------------------------------------------------------

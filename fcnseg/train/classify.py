@@ -359,10 +359,13 @@ class _ClassifierRun:
               f"{plan.steps_per_epoch}), validation every {plan.eval_every}, run dir {self.run_dir}")
         self.stop.hard_exit = exit_on_signal
         installed = self.stop.install()
+        # one block for the whole run: every step's maps and gradients reuse the pages of the
+        # step before (fcnseg.runtime.reuse_freed_memory)
         try:
-            if installed and exit_on_signal:
-                return run_stoppable(self._train, self.stop, self._abandon)
-            return self._train()
+            with runtime.reuse_host_memory(self.d.device):
+                if installed and exit_on_signal:
+                    return run_stoppable(self._train, self.stop, self._abandon)
+                return self._train()
         finally:
             self.stop.restore()
 
