@@ -8,11 +8,14 @@ precision in fcnseg.runtime.
 Layout: settings.py (every default), schedule.py (steps, validation points, learning
 rate), cost.py (FLOPs/memory/time of a step before it runs), step.py (dense and
 micro-batched patch steps), sampling.py, losses.py, metrics.py, signals.py (stop on
-SIGTERM/SIGINT), trainer.py (the run), report.py (what a run leaves behind).
+SIGTERM/SIGINT), run_base.py (what every run does around its steps: checkpoints, resume,
+stop), trainer.py (the run), classify.py (a classifier on labelled patches), report.py
+(what a run leaves behind).
 """
 from fcnseg.train.metrics import ConfusionMatrix
+from fcnseg.train.run_base import TrainingError
 from fcnseg.train.settings import SettingsError, TrainerSettings, TrainSettings
-from fcnseg.train.trainer import TrainingError, evaluate, run
+from fcnseg.train.trainer import evaluate, run
 
 __all__ = ["run", "evaluate", "TrainingError", "SettingsError", "TrainSettings",
            "TrainerSettings", "ConfusionMatrix"]

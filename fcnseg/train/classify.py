@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -28,15 +27,14 @@ import fcnseg
 from fcnseg import runtime
 from fcnseg.data.datasets import compute_mean_std
 from fcnseg.data.patches import PatchFolderDataset
-from fcnseg.models import build_model, load_checkpoint, model_spec, save_checkpoint
+from fcnseg.models import build_model, model_spec
 from fcnseg.train import report
 from fcnseg.train.build import build_transform
-from fcnseg.train.losses import PixelLoss
 from fcnseg.train.metrics import ConfusionMatrix
-from fcnseg.train.schedule import StepPlan, build_optimizer, build_scheduler
+from fcnseg.train.run_base import TrainingError, TrainingRun, _worker_init
+from fcnseg.train.schedule import StepPlan
 from fcnseg.train.settings import SettingsError, TrainSettings
-from fcnseg.train.signals import StopRequest, run_stoppable
-from fcnseg.train.trainer import TrainingError, _epoch_seed, _worker_init, auto_class_weights, evaluate
+from fcnseg.train.trainer import evaluate
 
 METHOD = "classify"  # the checkpoint's "method": trained as a classifier on labelled patches
 CURVES = (("val_accuracy", "accuracy"), ("val_mean_class_accuracy", "mean class accuracy"))
@@ -146,15 +144,13 @@ def train_classifier(settings: TrainSettings | dict, run_dir, *, exit_on_signal=
         runtime.cleanup_distributed(d)
 
 
-class _ClassifierRun:
-    def __init__(self, settings, run_dir, d):
-        self.s, self.run_dir, self.d = settings, run_dir, d
-        t = settings.trainer
-        device = d.device
-        runtime.configure_determinism(t.deterministic, device)
-        runtime.seed_all(t.seed)
-        run_dir.mkdir(parents=True, exist_ok=True)
+class _ClassifierRun(TrainingRun):
+    SCORE = "accuracy"
 
+    def __init__(self, settings, run_dir, env):
+        super().__init__(settings, run_dir, env)
+        t = self.t
+        device = env.device
         self.train_ds, self.val_ds = _datasets(settings.data, settings.aug)
         ds = self.train_ds
         m = settings.model
@@ -172,9 +168,8 @@ class _ClassifierRun:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-        # batches: a generator reseeded every epoch fixes their order; balance_classes draws
-        # patches with probability 1 / (patches of their class), with replacement
-        self.gen = torch.Generator()
+        # balance_classes draws patches with probability 1 / (patches of their class), with
+        # replacement
         if t.balance_classes:
             w = 1.0 / torch.as_tensor(ds.class_counts, dtype=torch.float64).clamp(min=1)
             labels = torch.tensor([smp.label for smp in ds.samples])
@@ -189,193 +184,83 @@ class _ClassifierRun:
             self.val_ds, t.val_batch_size, shuffle=False, num_workers=t.num_workers, collate_fn=_collate,
             pin_memory=pin)
         self.plan = StepPlan.from_settings(t, len(self.train_loader))
-
-        self.optimizer = build_optimizer(settings.optim, self.model.parameters())
-        self.scheduler = build_scheduler(settings.sched, self.optimizer, self.plan.total_steps)
-        self.amp_dtype = runtime.amp_dtype(device, t.amp)
-        self.scaler = runtime.grad_scaler(device, self.amp_dtype)
-        loss = dataclasses.asdict(settings.loss)
-        if loss.get("class_weights") == "auto":
-            loss["class_weights"] = auto_class_weights(ds.class_counts)
-        self.loss_fn = PixelLoss(num_classes=ds.num_classes, **loss).to(device)
-        self.step, self.best, self.history = 0, -1.0, []
-        self.resumed_rng, self.safe_rng = None, None
-        self.stop = StopRequest()
+        self._build_optimisation(ds.class_counts)
         if settings.resume:
             self._resume(settings.resume)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, metrics, rng=None):
-        return dict(model=self.spec, state_dict=self.model.state_dict(), patch_size=list(self.patch_size),
-                    **self.pad, **self.train_ds.meta, method=METHOD, output_stride=1, metrics=metrics,
-                    history=self.history, best_accuracy=self.best, step=self.step,
-                    epoch=self.step // self.plan.steps_per_epoch, total_steps=self.plan.total_steps,
-                    optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                    scaler=self.scaler.state_dict(), rng=rng if rng is not None else runtime.rng_state())
+    def _checkpoint_meta(self):
+        return dict(patch_size=list(self.patch_size), **self.pad, **self.train_ds.meta, method=METHOD,
+                    output_stride=1)
 
-    def _resume(self, resume):
-        path = self.run_dir / "last.pt" if resume is True else Path(resume)
-        if not path.is_file():
-            raise TrainingError(f"resume: no checkpoint at {path}; resume the run directory that holds "
-                                f"its last.pt, or give the checkpoint's path as resume",
-                                continue_in=self.run_dir)
-        ck = load_checkpoint(path, map_location=self.d.device)
+    def _check_resumable(self, path, ck):
         if ck["model"] != self.spec or ck.get("method") != METHOD:
             raise TrainingError(f"resume: {path} holds model {ck['model']} (method {ck.get('method')}) but "
                                 f"this run builds {self.spec} on labelled patches; resume with the same "
                                 f"model and data")
-        self.model.load_state_dict(ck["state_dict"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
-        self.scaler.load_state_dict(ck["scaler"])
-        self.step, self.best, self.history = ck["step"], ck["best_accuracy"], list(ck["history"])
-        self.resumed_rng = ck["rng"]
-        print(f"resumed from {path}: step {self.step} of {self.plan.total_steps}")
-
-    def _abandon(self):
-        """The stop path of signals.run_stoppable: checkpoint of the last completed step."""
-        metrics = self.history[-1]["metrics"] if self.history else None
-        save_checkpoint(self.run_dir / "last.pt", **self._state(metrics, self.safe_rng))
-        print(f"\nabandoned the step in progress; checkpoint of step {self.step} at "
-              f"{self.run_dir / 'last.pt'}", flush=True)
 
     # --------------------------------------------------------------------- training
-    def _start_epoch(self, epoch):
-        """An epoch's batch order and augmentation depend on the seed and the epoch only,
-        so a resumed run sees the same batches as an uninterrupted one."""
-        es = _epoch_seed(self.s.trainer.seed, epoch)
-        self.gen.manual_seed(es)
-        runtime.seed_all(es)
-        tr = self.train_ds.transform
-        if tr is not None and hasattr(tr, "set_random_seed"):
-            tr.set_random_seed(es % 2**32)
-        self.model.train()
-
-    def _train_step(self, batch):
-        """One optimiser step -> the loss; the weights change only inside the stop lock."""
-        device = self.d.device
-        x = batch["image"].to(device, non_blocking=True)  # (N, C, P, Q)
-        y = batch["mask"].to(device, non_blocking=True)  # (N,) the patches' labels
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        self.optimizer.zero_grad(set_to_none=True)
-        with runtime.autocast(device, self.amp_dtype):
-            logits = self.model(x).flatten(1)  # (N, K) from (N, K) or (N, K, 1, 1)
-        loss = self.loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {loss.item()} at step {self.step + 1}; stopped. The last good checkpoint is "
-                f"{self.run_dir / 'last.pt'}. Lower the learning rate, add warmup or turn off mixed "
-                f"precision", fixes=[f"optim.lr={self.s.optim.lr / 10:g}", "sched.warmup_steps=100",
-                                     "trainer.amp=false"])
-        self.scaler.scale(loss).backward()
-        with self.stop.lock:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
-            self.safe_rng = None
-        return loss.item()
-
-    def _evaluate(self, losses, seconds):
-        """Validation, checkpoints, metrics.csv and curves after step self.step; None when
-        a stop request interrupted the validation."""
-        self.model.eval()
-        scores = lambda x: self.model(x).flatten(1)  # noqa: E731  (N, K) from (N, K) or (N, K, 1, 1)
-        cm = evaluate(scores, self.val_loader, self.train_ds.num_classes, device=self.d.device,
-                      amp_dtype=self.amp_dtype, channels_last=self.channels_last, stop=self.stop)
-        self.model.train()
-        if cm is None:
-            return None
-        metrics = classification_metrics(cm)
-        loss = sum(losses) / max(len(losses), 1)
-        self.history.append({
-            "step": self.step, "epoch": round(self.step / self.plan.steps_per_epoch, 3), "train_loss": loss,
-            "val_accuracy": metrics["accuracy"], "val_mean_class_accuracy": metrics["mean_class_accuracy"],
-            "lr": self.scheduler.get_last_lr()[0], "method": METHOD, "train_time_s": round(seconds, 3),
-            "metrics": metrics})
-        print(f"step {self.step}/{self.plan.total_steps}: loss {loss:.4f}  val accuracy "
-              f"{metrics['accuracy']:.4f}  mean class accuracy {metrics['mean_class_accuracy']:.4f}  "
-              f"train {seconds:.1f}s")
-        improved = not math.isnan(metrics["accuracy"]) and metrics["accuracy"] > self.best
-        if improved:
-            self.best = metrics["accuracy"]
-        with self.stop.lock:
-            state = self._state(metrics)
-            save_checkpoint(self.run_dir / "last.pt", **state)
-            if improved:
-                save_checkpoint(self.run_dir / "best.pt", **state)
-            report.write_csv(self.run_dir / "metrics.csv",
-                             [{k: v for k, v in h.items() if k != "metrics"} for h in self.history])
-            report.plot_curves(self.run_dir / "curves.png", self.history, scores=CURVES)
-        return metrics
-
-    def _interrupted(self):
-        metrics = self.history[-1]["metrics"] if self.history else None
-        with self.stop.lock:
-            save_checkpoint(self.run_dir / "last.pt", **self._state(metrics, self.safe_rng))
-        print(f"stopped by signal {self.stop.signum}: checkpoint at {self.run_dir / 'last.pt'} "
-              f"(step {self.step} of {self.plan.total_steps})")
-        return {"interrupted": True, "step": self.step, "run_dir": str(self.run_dir),
-                "signal": self.stop.signum}
-
-    def _train(self):
+    def _before_steps(self):
+        """A finished run resumed without more steps would only rewrite its report: refuse it."""
         plan = self.plan
         if self.step >= plan.total_steps:
             raise TrainingError(f"nothing to train: the run has done {self.step} of its {plan.total_steps} "
                                 f"steps (raise trainer.steps to continue it)", fixes=[
                                     f"trainer.steps={2 * plan.total_steps}"])
-        losses, t0 = [], time.perf_counter()
-        while self.step < plan.total_steps:
-            epoch, first = plan.position(self.step)
-            self._start_epoch(epoch)
-            for i, batch in enumerate(self.train_loader):
-                if self.step >= plan.total_steps:
-                    break
-                if i < first:  # resumed mid-epoch: the same batches as before
-                    continue
-                if self.resumed_rng is not None:  # and the same augmentation draws
-                    runtime.set_rng_state(self.resumed_rng)
-                    self.resumed_rng = None
-                if self.stop.requested:
-                    return self._interrupted()
-                with self.stop.lock:
-                    self.safe_rng = runtime.rng_state()  # what the abandon path resumes from
-                losses.append(self._train_step(batch))
-                if plan.evaluates_after(self.step):
-                    if self._evaluate(losses, time.perf_counter() - t0) is None:
-                        return self._interrupted()
-                    losses, t0 = [], time.perf_counter()
-        metrics = self.history[-1]["metrics"]
-        self._final_report(metrics)
-        return metrics
+        return True
 
-    def fit(self, exit_on_signal=False):
+    def _run_step(self, batch, epoch, i):
+        return self._train_step(batch)  # a classifier step depends on its batch only
+
+    def _train_step(self, batch):
+        """One optimiser step -> the loss; the weights change only inside the stop lock."""
+        x, y = self._inputs(batch)  # (N, C, P, Q), (N,) the patches' labels
+        self.optimizer.zero_grad(set_to_none=True)
+        with runtime.autocast(self.env.device, self.amp_dtype):
+            logits = self.model(x).flatten(1)  # (N, K) from (N, K) or (N, K, 1, 1)
+        loss = self.loss_fn(logits.float(), y)
+        self._check_finite(loss)
+        self.scaler.scale(loss).backward()
+        self._commit_step()
+        return loss.item()
+
+    def _validate(self, losses, seconds):
+        """The history row of a validation after step self.step; None when a stop request
+        interrupted it."""
+        self.model.eval()
+        scores = lambda x: self.model(x).flatten(1)  # noqa: E731  (N, K) from (N, K) or (N, K, 1, 1)
+        cm = evaluate(scores, self.val_loader, self.train_ds.num_classes, device=self.env.device,
+                      amp_dtype=self.amp_dtype, channels_last=self.channels_last, stop=self.stop)
+        if cm is None:
+            return None
+        metrics = classification_metrics(cm)
+        loss = sum(losses) / max(len(losses), 1)
+        self.log(f"step {self.step}/{self.plan.total_steps}: loss {loss:.4f}  val accuracy "
+                 f"{metrics['accuracy']:.4f}  mean class accuracy {metrics['mean_class_accuracy']:.4f}  "
+                 f"train {seconds:.1f}s")
+        return {
+            "step": self.step, "epoch": round(self.step / self.plan.steps_per_epoch, 3), "train_loss": loss,
+            "val_accuracy": metrics["accuracy"], "val_mean_class_accuracy": metrics["mean_class_accuracy"],
+            "lr": self.scheduler.get_last_lr()[0], "method": METHOD, "train_time_s": round(seconds, 3),
+            "metrics": metrics}
+
+    def _pictures(self):
+        report.plot_curves(self.run_dir / "curves.png", self.history, scores=CURVES)
+
+    def _run_summary(self):
         P, Q = self.patch_size
         ds, plan = self.train_ds, self.plan
-        print(f"model {self.spec['name']} on {Q}x{P} patches: {len(ds)} train / {len(self.val_ds)} val "
-              f"patches, {ds.num_classes} classes {ds.class_names}, {ds.in_channels} channel(s), device "
-              f"{self.d.device}, {plan.total_steps} steps ({plan.epochs:.1f} epochs of "
-              f"{plan.steps_per_epoch}), validation every {plan.eval_every}, run dir {self.run_dir}")
-        self.stop.hard_exit = exit_on_signal
-        installed = self.stop.install()
-        # one block for the whole run: every step's maps and gradients reuse the pages of the
-        # step before (fcnseg.runtime.reuse_freed_memory)
-        try:
-            with runtime.reuse_host_memory(self.d.device):
-                if installed and exit_on_signal:
-                    return run_stoppable(self._train, self.stop, self._abandon)
-                return self._train()
-        finally:
-            self.stop.restore()
+        return (f"model {self.spec['name']} on {Q}x{P} patches: {len(ds)} train / {len(self.val_ds)} val "
+                f"patches, {ds.num_classes} classes {ds.class_names}, {ds.in_channels} channel(s), device "
+                f"{self.env.device}, {plan.total_steps} steps ({plan.epochs:.1f} epochs of "
+                f"{plan.steps_per_epoch}), validation every {plan.eval_every}, run dir {self.run_dir}")
 
     def _final_report(self, metrics):
         names = list(self.train_ds.class_names)
-        print(report.iou_table(metrics, names, ("per_class_accuracy", "accuracy"),
-                               (("accuracy", "accuracy"), ("mean_class_accuracy", "mean class accuracy"))))
+        self.log(report.iou_table(metrics, names, ("per_class_accuracy", "accuracy"),
+                                  (("accuracy", "accuracy"), ("mean_class_accuracy", "mean class accuracy"))))
         out = dict(metrics, method=METHOD, model=self.spec["name"], patch_size=list(self.patch_size),
-                   best_accuracy=self.best, steps=self.step, class_names=names, device=str(self.d.device),
+                   best_accuracy=self.best, steps=self.step, class_names=names, device=str(self.env.device),
                    world_size=1, train_times_s=[h["train_time_s"] for h in self.history])
         report.write_json(self.run_dir / "metrics.json", out)
-        print(f"wrote metrics.json, metrics.csv, curves.png, last.pt, best.pt to {self.run_dir}")
-
+        self.log(f"wrote metrics.json, metrics.csv, curves.png, last.pt, best.pt to {self.run_dir}")

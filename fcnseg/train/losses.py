@@ -11,6 +11,17 @@ import torch.nn.functional as F
 NAMES = ("ce", "dice", "focal", "lovasz")
 
 
+def auto_class_weights(class_pixels):
+    """(median frequency / class frequency) ** 0.5: background-heavy data stops drowning
+    the rare classes, without the square-root-free version's overshoot. Absent classes 1."""
+    f = torch.as_tensor(class_pixels, dtype=torch.float64)
+    f = f / f.sum()
+    present = f > 0
+    w = torch.ones_like(f)
+    w[present] = (f[present].median() / f[present]).sqrt()
+    return w.tolist()
+
+
 class PixelLoss(torch.nn.Module):
     def __init__(self, name="ce", num_classes=None, class_weights=None, label_smoothing=0.0,
                  **smp_kwargs):

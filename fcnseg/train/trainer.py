@@ -17,29 +17,15 @@ from tqdm import tqdm
 
 import fcnseg
 from fcnseg import runtime
-from fcnseg.models import build_model, load_checkpoint, model_spec, save_checkpoint
-from fcnseg.runtime import rng_state, set_rng_state
+from fcnseg.models import build_model, model_spec
 from fcnseg.train import cost, report
 from fcnseg.train.build import build_transform
-from fcnseg.train.losses import PixelLoss
 from fcnseg.train.metrics import ConfusionMatrix
+from fcnseg.train.run_base import TrainingError, TrainingRun, _epoch_seed, _worker_init
 from fcnseg.train.sampling import gather_targets, sample_pixels
-from fcnseg.train.schedule import StepPlan, build_optimizer, build_scheduler
+from fcnseg.train.schedule import StepPlan
 from fcnseg.train.settings import SettingsError, TrainSettings, resolve_output_stride
-from fcnseg.train.signals import StopRequest, run_stoppable
 from fcnseg.train.step import dense_logits, full_precision, patch_backward
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (diverged loss, a step that cannot fit, a missing checkpoint).
-
-    fixes: settings assignments that would make it work ("trainer.output_stride=4"), by the
-    settings' dotted names; continue_in: the run directory whose last.pt resumes the run.
-    A command line front end turns both into its own syntax."""
-
-    def __init__(self, message, fixes=(), continue_in=None):
-        super().__init__(message)
-        self.fixes, self.continue_in = list(fixes), continue_in
 
 
 def run(settings, run_dir, *, exit_on_signal=False):
@@ -82,17 +68,6 @@ def _datasets(data, aug):
     return train, val, summary.class_pixels
 
 
-def auto_class_weights(class_pixels):
-    """(median frequency / class frequency) ** 0.5: background-heavy data stops drowning
-    the rare classes, without the square-root-free version's overshoot. Absent classes 1."""
-    f = torch.as_tensor(class_pixels, dtype=torch.float64)
-    f = f / f.sum()
-    present = f > 0
-    w = torch.ones_like(f)
-    w[present] = (f[present].median() / f[present]).sqrt()
-    return w.tolist()
-
-
 def _collate(batch):
     shapes = {tuple(b["image"].shape) for b in batch}
     if len(shapes) > 1:
@@ -103,18 +78,6 @@ def _collate(batch):
     return {"image": torch.stack([b["image"] for b in batch]),
             "mask": torch.stack([b["mask"] for b in batch]),
             "name": [b["name"] for b in batch]}
-
-
-def _worker_init(worker_id):
-    """Each worker gets its own augmentation stream (copies would repeat the same draws)."""
-    info = torch.utils.data.get_worker_info()
-    tr = getattr(info.dataset, "transform", None)
-    if tr is not None and hasattr(tr, "set_random_seed"):
-        tr.set_random_seed(torch.initial_seed() % 2**32)
-
-
-def _epoch_seed(seed, epoch):
-    return seed * 100_003 + epoch
 
 
 # ------------------------------------------------------------------------- evaluate
@@ -194,15 +157,10 @@ def build_networks(settings: TrainSettings, num_classes, in_channels, device="cp
 
 
 # ---------------------------------------------------------------------------- run
-class Trainer:
+class Trainer(TrainingRun):
     def __init__(self, settings: TrainSettings, run_dir: Path, env):
-        self.s, self.run_dir, self.env = settings, run_dir, env
-        t = self.t = settings.trainer
-        self.log = print if env.main else (lambda *a, **k: None)
-        runtime.configure_determinism(t.deterministic, env.device)
-        runtime.seed_all(t.seed)
-        run_dir.mkdir(parents=True, exist_ok=True)
-
+        super().__init__(settings, run_dir, env)
+        t = self.t
         self.train_ds, self.val_ds, class_pixels = _datasets(settings.data, settings.aug)
         ds = self.train_ds
         self.num_classes, self.in_channels = ds.num_classes, ds.in_channels
@@ -211,19 +169,9 @@ class Trainer:
         self._build_nets()
         self._build_loaders()
         self.plan = StepPlan.from_settings(t, self.steps_per_epoch)
-
-        self.optimizer = build_optimizer(settings.optim, self.model.parameters())
-        self.scheduler = build_scheduler(settings.sched, self.optimizer, self.plan.total_steps)
-        self.amp_dtype = runtime.amp_dtype(env.device, t.amp)
-        self.scaler = runtime.grad_scaler(env.device, self.amp_dtype)
-        loss = dataclasses.asdict(settings.loss)
-        if loss.get("class_weights") == "auto":
-            loss["class_weights"] = auto_class_weights(class_pixels)
-            self.log("class weights: " + " ".join(f"{w:.2f}" for w in loss["class_weights"]))
-        self.loss_fn = PixelLoss(num_classes=self.num_classes, **loss).to(env.device)
-        self.step, self.best, self.history = 0, -1.0, []
-        self.resumed_rng, self.safe_rng = None, None
-        self.stop = StopRequest()
+        auto_weights = self._build_optimisation(class_pixels)
+        if auto_weights is not None:
+            self.log("class weights: " + " ".join(f"{w:.2f}" for w in auto_weights))
         self.first_step_logged = False
         if settings.resume:
             self._resume(settings.resume)
@@ -245,8 +193,6 @@ class Trainer:
 
     def _build_loaders(self):
         t, d = self.t, self.env
-        # a generator reseeded every epoch fixes order and worker seeds
-        self.gen = torch.Generator()
         if d.enabled:
             self.sampler = torch.utils.data.DistributedSampler(
                 self.train_ds, d.world_size, d.rank, shuffle=True, seed=t.seed)
@@ -346,76 +292,47 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, step, metrics, rng=None):
+    def _checkpoint_meta(self):
         ds = self.train_ds
         return dict(
-            model=self.spec, state_dict=self.model.state_dict(),
             patch_size=list(self.patch_size) if self.patch_size else None, **self.pad,
             in_channels=self.in_channels, num_classes=self.num_classes,
             class_names=[str(c) for c in ds.class_names],
             palette=[[int(v) for v in row] for row in ds.palette],
             mean=[float(v) for v in ds.mean], std=[float(v) for v in ds.std],
-            ignore_index=self.ignore_index, method=self.method, output_stride=self.stride,
-            metrics=metrics, history=self.history, best_miou=self.best,
-            step=step, epoch=step // self.plan.steps_per_epoch, total_steps=self.plan.total_steps,
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict(), rng=rng if rng is not None else rng_state())
+            ignore_index=self.ignore_index, method=self.method, output_stride=self.stride)
 
-    def _save(self, name, state):
-        if self.env.main:
-            save_checkpoint(self.run_dir / name, **state)
-
-    def _resume(self, resume):
-        path = self.run_dir / "last.pt" if resume is True else Path(resume)
-        if not path.is_file():
-            raise TrainingError(f"resume: no checkpoint at {path}; resume the run directory "
-                                f"that holds its last.pt, or give the checkpoint's path as resume",
-                                continue_in=self.run_dir)
-        ck = load_checkpoint(path, map_location=self.env.device)
+    def _check_resumable(self, path, ck):
         if ck["model"] != self.spec:
             raise TrainingError(f"resume: {path} holds model {ck['model']} but the settings "
                                 f"build {self.spec}; resume with the same model and data")
         if ck.get("total_steps", self.plan.total_steps) != self.plan.total_steps:
             self.log(f"resume: the step budget changed from {ck['total_steps']} to "
                      f"{self.plan.total_steps}; the schedule follows the new one")
-        self.model.load_state_dict(ck["state_dict"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
-        self.scaler.load_state_dict(ck["scaler"])
-        self.step, self.best, self.history = ck["step"], ck["best_miou"], list(ck["history"])
-        self.resumed_rng = ck["rng"]
-        self.log(f"resumed from {path}: step {self.step} of {self.plan.total_steps}")
-
-    def _abandon(self):
-        """The stop path of signals.run_stoppable: checkpoint of the last completed step."""
-        metrics = self.history[-1]["metrics"] if self.history else None
-        self._save("last.pt", self._state(self.step, metrics, self.safe_rng))
-        self.log(f"\nabandoned the step in progress; checkpoint of step {self.step} at "
-                 f"{self.run_dir / 'last.pt'}", flush=True)
 
     # ------------------------------------------------------------------- training
-    def _start_epoch(self, epoch):
-        if isinstance(self.sampler, torch.utils.data.DistributedSampler):
-            self.sampler.set_epoch(epoch)
-        es = _epoch_seed(self.t.seed, epoch)
-        self.gen.manual_seed(es)
-        runtime.seed_all(es)
-        tr = getattr(self.train_ds, "transform", None)
-        if tr is not None and hasattr(tr, "set_random_seed"):
-            tr.set_random_seed(es % 2**32)
+    def _train_mode(self):
         self.train_net.train()
         self.model.train()
-        if self.has_bn and self.patch_size is not None:  # see _build_nets
+        if self.has_bn and self.patch_size is not None:  # see build_networks
             fcnseg.freeze_batchnorm(self.model)
 
-    def _stop_requested(self):
-        flag = self.stop.requested
-        if self.env.enabled:  # every rank must stop at the same step or collectives hang
-            import torch.distributed as dist
-            f = torch.tensor([int(flag)], device=self.env.device)
-            dist.all_reduce(f)
-            flag = bool(f.item())
-        return flag
+    def _run_step(self, batch, epoch, i):
+        x, y = self._inputs(batch)
+        ts = time.perf_counter()
+        loss = self.train_step(x, y, epoch, i)
+        if loss is None:  # nothing learnt, but the step counts (the schedule stays in step)
+            with self.stop.lock:
+                self.scheduler.step()
+                self.step += 1
+        if not self.first_step_logged:
+            self.first_step_logged = True
+            self.log(f"\nfirst step: {time.perf_counter() - ts:.2f} s (estimated "
+                     f"{self.step_cost.seconds:.2f} s)")
+        self.bar.update(1)
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        return loss
 
     def train_step(self, x, y, epoch, i):
         """One optimiser step on batch (x, y) -> the loss (float) or None when the batch
@@ -430,111 +347,45 @@ class Trainer:
             return None
         self.optimizer.zero_grad(set_to_none=True)
         autocast = lambda: runtime.autocast(d.device, self.amp_dtype)  # noqa: E731
+        where = f" (epoch {epoch + 1}, batch {i + 1})"
         if self.method == "dense":
             with autocast():
                 logits = dense_logits(self.step_net, x, pixels, self.stride)
             loss = self.loss_fn(full_precision(logits), target)
-            self._check_finite(loss, epoch, i)
+            self._check_finite(loss, where)
             self.scaler.scale(loss).backward()
         else:
             loss = patch_backward(self.step_net, x, pixels, self.patch_size,
                                   lambda lg: self.scaler.scale(self.loss_fn(lg, target)),
                                   chunk=self.patch_chunk, autocast=autocast, **self.pad)
             loss = loss / self.scaler.get_scale() if self.scaler.is_enabled() else loss
-            self._check_finite(loss, epoch, i)
-        with self.stop.lock:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
-            self.safe_rng = None
+            self._check_finite(loss, where)
+        self._commit_step()
         return loss.item()
 
-    def _check_finite(self, loss, epoch, i):
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss became {loss.item()} at step {self.step + 1} (epoch {epoch + 1}, batch "
-                f"{i + 1}); stopped. The last good checkpoint is {self.run_dir / 'last.pt'}. "
-                f"Lower the learning rate, add warmup or turn off mixed precision",
-                fixes=[f"optim.lr={self.s.optim.lr / 10:g}", "sched.warmup_steps=100",
-                       "trainer.amp=false"])
-
     def _train(self):
-        bar = tqdm(total=self.plan.total_steps, initial=self.step, disable=not self.env.main,
-                   desc=f"train [{self.method}]", dynamic_ncols=True, leave=True)
+        self.bar = tqdm(total=self.plan.total_steps, initial=self.step, disable=not self.env.main,
+                        desc=f"train [{self.method}]", dynamic_ncols=True, leave=True)
         try:
-            return self._train_steps(bar)
+            return super()._train()
         finally:
-            bar.close()  # also when a step raised (a diverged loss)
+            self.bar.close()  # also when a step raised (a diverged loss)
 
-    def _train_steps(self, bar):
-        d, plan = self.env, self.plan
-        losses, t0 = [], time.perf_counter()
-        if self.step and plan.evaluates_after(self.step) and \
+    def _before_steps(self):
+        """A run stopped during a validation does that validation first: its last.pt is of
+        the step whose validation did not finish."""
+        if self.step and self.plan.evaluates_after(self.step) and \
                 (not self.history or self.history[-1]["step"] != self.step):
-            if not self._evaluate(losses, 0.0):  # stopped while evaluating before the stop
-                return self._interrupted()
-        while self.step < plan.total_steps:
-            epoch, first = plan.position(self.step)
-            self._start_epoch(epoch)
-            for i, batch in enumerate(self.train_loader):
-                if i >= plan.steps_per_epoch or self.step >= plan.total_steps:
-                    break
-                if i < first:  # resumed mid-epoch: same data and augmentation draws as before
-                    continue
-                if self.resumed_rng is not None:
-                    set_rng_state(self.resumed_rng)
-                    self.resumed_rng = None
-                if self._stop_requested():
-                    return self._interrupted()
-                with self.stop.lock:
-                    self.safe_rng = rng_state()  # what the abandon path resumes from
-                x = batch["image"].to(d.device, non_blocking=True)
-                y = batch["mask"].to(d.device, non_blocking=True)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                ts = time.perf_counter()
-                loss = self.train_step(x, y, epoch, i)
-                if loss is None:
-                    with self.stop.lock:
-                        self.scheduler.step()
-                        self.step += 1
-                else:
-                    losses.append(loss)
-                if not self.first_step_logged:
-                    self.first_step_logged = True
-                    self.log(f"\nfirst step: {time.perf_counter() - ts:.2f} s (estimated "
-                             f"{self.step_cost.seconds:.2f} s)")
-                bar.update(1)
-                if loss is not None:
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                if plan.evaluates_after(self.step):
-                    train_time = time.perf_counter() - t0
-                    if not self._evaluate(losses, train_time):
-                        return self._interrupted()
-                    losses, t0 = [], time.perf_counter()
-                    self.train_net.train()
-                    self.model.train()
-                    if self.has_bn and self.patch_size is not None:
-                        fcnseg.freeze_batchnorm(self.model)
-        bar.close()  # before the final report's table
-        if not self.history:
-            raise TrainingError("no step was run (the run being resumed has already finished)")
-        self._final_report(self.history[-1]["metrics"])
-        return self.history[-1]["metrics"]
+            return self._evaluate([], 0.0)
+        return True
 
-    def _interrupted(self):
-        metrics = self.history[-1]["metrics"] if self.history else None
-        with self.stop.lock:
-            self._save("last.pt", self._state(self.step, metrics, self.safe_rng))
-        self.log(f"stopped by signal {self.stop.signum}: checkpoint at "
-                 f"{self.run_dir / 'last.pt'} (step {self.step} of {self.plan.total_steps})")
-        return {"interrupted": True, "step": self.step, "run_dir": str(self.run_dir),
-                "signal": self.stop.signum}
+    def _finish(self):
+        self.bar.close()  # before the final report's table
+        return super()._finish()
 
-    def _evaluate(self, losses, train_time):
-        """Validation, checkpoints, metrics.csv, curves and grid after step self.step;
-        False when a stop request interrupted the validation."""
+    def _validate(self, losses, train_time):
+        """The history row of a validation after step self.step; None when a stop
+        request interrupted it."""
         d = self.env
         t0 = time.perf_counter()
         self.eval_net.eval()
@@ -543,33 +394,23 @@ class Trainer:
                       d.device, self.amp_dtype, self.channels_last,
                       stop=self.stop if not d.enabled else None)
         if cm is None:
-            return False
+            return None
         metrics = cm.compute()
         mean_loss = runtime.all_reduce_mean(sum(losses) / max(len(losses), 1), d)
-        self.history.append({
+        row = {
             "step": self.step, "epoch": round(self.step / self.plan.steps_per_epoch, 3),
             "train_loss": mean_loss, "val_miou": metrics["miou"],
             "val_pixel_acc": metrics["pixel_acc"], "lr": self.scheduler.get_last_lr()[0],
             "method": self.method, "train_time_s": round(train_time, 3),
-            "eval_time_s": round(time.perf_counter() - t0, 3), "metrics": metrics})
+            "eval_time_s": round(time.perf_counter() - t0, 3), "metrics": metrics}
         self.log(f"\nstep {self.step}/{self.plan.total_steps}: loss {mean_loss:.4f}  val mIoU "
                  f"{metrics['miou']:.4f}  pixel acc {metrics['pixel_acc']:.4f}  train "
                  f"{train_time:.1f}s")
-        improved = not math.isnan(metrics["miou"]) and metrics["miou"] > self.best
-        if improved:
-            self.best = metrics["miou"]
-        with self.stop.lock:
-            state = self._state(self.step, metrics)
-            self._save("last.pt", state)
-            if improved:
-                self._save("best.pt", state)
-            if d.main:
-                report.write_csv(self.run_dir / "metrics.csv",
-                                 [{k: v for k, v in h.items() if k != "metrics"}
-                                  for h in self.history])
-                report.plot_curves(self.run_dir / "curves.png", self.history)
-                self._grid()
-        return True
+        return row
+
+    def _pictures(self):
+        report.plot_curves(self.run_dir / "curves.png", self.history)
+        self._grid()
 
     def _grid(self):
         n = self.t.grid_images
@@ -588,25 +429,14 @@ class Trainer:
                          [it["mask"] for it in items], preds, self.train_ds.palette,
                          self.train_ds.mean, self.train_ds.std, self.ignore_index)
 
-    def fit(self, exit_on_signal=False):
+    def _run_summary(self):
         d = self.env
-        self.log(f"model {self.spec['name']} ({self.spec['builder']}), patch size "
-                 f"{self.patch_size}, method {self.method}, output stride {self.stride}, device "
-                 f"{d.device}, amp {self.amp_dtype}, world size {d.world_size}, "
-                 f"{self.plan.total_steps} steps ({self.plan.epochs:.1f} epochs of "
-                 f"{self.plan.steps_per_epoch}), validation every {self.plan.eval_every}, "
-                 f"run dir {self.run_dir}")
-        self.stop.hard_exit = exit_on_signal
-        installed = self.stop.install()
-        # one block for the whole run: every step's maps and gradients reuse the pages of the
-        # step before (fcnseg.runtime.reuse_freed_memory)
-        try:
-            with runtime.reuse_host_memory(d.device):
-                if installed and exit_on_signal and not d.enabled:
-                    return run_stoppable(self._train, self.stop, self._abandon)
-                return self._train()
-        finally:
-            self.stop.restore()
+        return (f"model {self.spec['name']} ({self.spec['builder']}), patch size "
+                f"{self.patch_size}, method {self.method}, output stride {self.stride}, device "
+                f"{d.device}, amp {self.amp_dtype}, world size {d.world_size}, "
+                f"{self.plan.total_steps} steps ({self.plan.epochs:.1f} epochs of "
+                f"{self.plan.steps_per_epoch}), validation every {self.plan.eval_every}, "
+                f"run dir {self.run_dir}")
 
     def _final_report(self, metrics):
         if not self.env.main:
