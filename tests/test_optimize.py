@@ -9,6 +9,7 @@ import fcnseg
 from fcnseg import ops
 from fcnseg.convert.optimize import drop_identity_windows, num_threads
 from fcnseg.runtime import _glibc, reuse_freed_memory
+from helpers import grads_match
 
 
 def membrane_like(c=1, width=4):
@@ -262,3 +263,20 @@ def test_wide_fc_convolutions_as_gathered_matrix_products_equal_patchwise(monkey
     grads_out = dense(x)                                                # with autograd: the plain conv
     assert not products and grads_out.requires_grad
     torch.testing.assert_close(grads_out, ref, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_weight_gradients_summed_in_row_bands_equal_patch_training(monkeypatch, name):
+    """The dense convolutions' weight gradients, summed over bands of a few output rows (as large
+    training images are, to stay on oneDNN's fast kernels), equal patch-by-patch's gradients of
+    the same per-pixel weighting, parameters and image, in float64."""
+    from fcnseg.convert import optimize
+    model, x = _inputs(name, torch.float64)
+    calls = []
+    real = optimize._conv_backward
+    monkeypatch.setattr(optimize, "_conv_backward", lambda *a: calls.append(a[-1][1]) or real(*a))
+    monkeypatch.setattr(optimize, "BAND_UNFOLD_BYTES", 1)              # one output row per band
+    grads_match(model, x, model.patch_size)
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules()) + \
+        sum(isinstance(m, nn.Linear) for m in model.modules())
+    assert sum(calls) > convs * 2, "the weight gradients were not split into bands"

@@ -146,6 +146,24 @@ GATHERED_MIN_REDUCTION = 4096
 GATHERED_BLOCK_BYTES = 64 * 2 ** 20       # gathered windows per matrix product, at most
 
 
+def _records_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _plain_cpu_window(x, stride, padding) -> bool:
+    """A stride-1 unpadded convolution on CPU, run eagerly (not traced, exported or compiled)."""
+    return (as_pair(stride) == (1, 1) and as_pair(padding) == (0, 0) and x.device.type == "cpu"
+            and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()))
+
+
+def _conv(x, w, b, stride, padding, dilation, groups):
+    """F.conv2d; when autograd records a dense layer on CPU, with the weight gradient summed over
+    bands of output rows (`_BandedWeightGradConv`)."""
+    if _records_grad(x, w, b) and _plain_cpu_window(x, stride, padding):
+        return _BandedWeightGradConv.apply(x, w, b, as_pair(dilation), groups)
+    return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+
 def _conv_gathered(x, w, b, stride, padding, dilation, groups):
     """F.conv2d(x, w, b, stride, padding, dilation, groups), as matrix products over gathered
     windows where that is faster (see GATHERED_MIN_REDUCTION) and nothing needs its graph.
@@ -156,15 +174,14 @@ def _conv_gathered(x, w, b, stride, padding, dilation, groups):
     layer's own weight matrix), and one addmm gives those rows' NHWC output. The same products
     and sums as the convolution, in another order: exact up to float rounding. Used only in
     inference on CPU (autograd through the gather would be slow; tracers and exporters see the
-    plain convolution).
+    plain convolution). With autograd recording on CPU the convolution runs as oneDNN's, and its
+    weight gradient is summed over bands of output rows (`_BandedWeightGradConv`).
     """
     n, c, h, wd = x.shape
     o, ci, kh, kw = w.shape
-    if (ci * kh * kw < GATHERED_MIN_REDUCTION or groups != 1 or as_pair(stride) != (1, 1)
-            or as_pair(padding) != (0, 0) or x.device.type != "cpu" or not x.is_contiguous(memory_format=CL)
-            or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
-            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
-        return F.conv2d(x, w, b, stride, padding, dilation, groups)
+    if (ci * kh * kw < GATHERED_MIN_REDUCTION or groups != 1 or not _plain_cpu_window(x, stride, padding)
+            or not x.is_contiguous(memory_format=CL) or _records_grad(x, w, b)):
+        return _conv(x, w, b, stride, padding, dilation, groups)
     d0, d1 = as_pair(dilation)
     ho, wo = h - (kh - 1) * d0, wd - (kw - 1) * d1
     sn, sc, sh, sw = x.stride()                                     # NHWC: sc == 1
@@ -185,6 +202,54 @@ def _conv_gathered(x, w, b, stride, padding, dilation, groups):
 
 
 torch.fx.wrap("_conv_gathered")
+
+
+# Output rows per band of a weight gradient: the band's unfolded input (N * C/groups * kh * kw
+# values per output pixel) stays under this. oneDNN's CPU weight gradient unfolds the whole
+# input and, once that passes 1 GiB, falls back to its scalar reference kernel: the membrane
+# net's 48->48 5x5 dilation-2 layer of a 512x512 training image took 305 s there, 1.9 s in
+# bands. Below the limit bands are faster too (cache-sized unfolds): its 48->200 3x3
+# dilation-16 layer at 512x512 took 1.73 s in one call, 0.98 s in bands of 32 rows.
+BAND_UNFOLD_BYTES = 64 * 2 ** 20
+_conv_backward = torch.ops.aten.convolution_backward
+
+
+class _BandedWeightGradConv(torch.autograd.Function):
+    """A stride-1, unpadded conv2d whose backward computes the weight gradient band by band.
+
+    The weight gradient is a sum over output pixels, so summing it over bands of output rows
+    (each band reads input rows r0 .. r1 - 1 + (kh - 1) * d) gives the same products and sums
+    in another order: exact up to float rounding. The input gradient and the forward are
+    oneDNN's own single calls. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, dilation, groups):
+        ctx.save_for_backward(x, w)
+        ctx.dilation, ctx.groups, ctx.has_bias = dilation, groups, b is not None
+        return F.conv2d(x, w, b, 1, 0, dilation, groups)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        d, groups = ctx.dilation, ctx.groups
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        args = ((1, 1), (0, 0), d, False, (0, 0), groups)
+        gx = _conv_backward(g, x, w, None, *args, (True, False, False))[0] if need_x else None
+        gw = None
+        if need_w:
+            n, ho, wo = g.shape[0], g.shape[2], g.shape[3]
+            per_row = n * w.shape[1] * w.shape[2] * w.shape[3] * wo * x.element_size()
+            rows = max(1, BAND_UNFOLD_BYTES // per_row)
+            reach = (w.shape[2] - 1) * d[0]
+            for r0 in range(0, ho, rows):
+                r1 = min(ho, r0 + rows)
+                part = _conv_backward(g[:, :, r0:r1], x[:, :, r0:r1 + reach], w, None, *args,
+                                     (False, True, False))[1]
+                gw = part if gw is None else gw.add_(part)
+        gb = g.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+        return gx, gw, gb, None, None
 
 
 def gather_wide_convolutions(gm: torch.fx.GraphModule) -> int:
@@ -232,7 +297,7 @@ def _conv_bn(x, w, b, stride, padding, dilation, groups, bn, channels_last=False
     channels_last: give a single-input-channel scaled kernel NHWC strides (`to_channels_last`).
     """
     if bn.training or bn.running_var is None:          # batch statistics: keep the two layers
-        return bn(F.conv2d(x, w, b, stride, padding, dilation, groups))
+        return bn(_conv(x, w, b, stride, padding, dilation, groups))
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
@@ -242,7 +307,7 @@ def _conv_bn(x, w, b, stride, padding, dilation, groups, bn, channels_last=False
     if bn.bias is not None:
         shift = shift + bn.bias
     w = (w * scale.reshape(-1, 1, 1, 1)).contiguous()
-    return F.conv2d(x, _kernel_channels_last(w) if channels_last else w, shift, stride, padding, dilation, groups)
+    return _conv(x, _kernel_channels_last(w) if channels_last else w, shift, stride, padding, dilation, groups)
 
 
 torch.fx.wrap("_conv_bn")
