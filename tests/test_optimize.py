@@ -250,6 +250,7 @@ def test_wide_fc_convolutions_as_gathered_matrix_products_equal_patchwise(monkey
     ref = fcnseg.patchwise(model, x)
     monkeypatch.setattr(optimize, "GATHERED_MIN_REDUCTION", 1)
     monkeypatch.setattr(optimize, "GATHERED_BLOCK_BYTES", 1)             # one output row per product
+    monkeypatch.setattr(optimize, "GATHERED_MAX_OUTPUT_PIXELS", 10 ** 9)
     products = []
     for name in ("mm", "addmm"):
         real = getattr(torch, name)
@@ -280,3 +281,22 @@ def test_weight_gradients_summed_in_row_bands_equal_patch_training(monkeypatch, 
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules()) + \
         sum(isinstance(m, nn.Linear) for m in model.modules())
     assert sum(calls) > convs * 2, "the weight gradients were not split into bands"
+
+
+def test_wide_convolutions_on_large_outputs_run_nchw_and_equal_patchwise(monkeypatch):
+    """Wide convolutions past GATHERED_MAX_OUTPUT_PIXELS run as oneDNN's NCHW kernel and hand
+    back an NHWC map: same scores as patch-by-patch, every map still channels_last."""
+    from fcnseg.convert import optimize
+    torch.manual_seed(0)
+    model = membrane_like(width=4).double().eval()
+    x = torch.randn(2, 1, 13, 10, dtype=torch.float64)
+    ref = fcnseg.patchwise(model, x)
+    monkeypatch.setattr(optimize, "GATHERED_MIN_REDUCTION", 1)
+    monkeypatch.setattr(optimize, "GATHERED_MAX_OUTPUT_PIXELS", 0)
+    layouts = []
+    real = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda x, w, *a: layouts.append(x.is_contiguous()) or real(x, w, *a))
+    with torch.inference_mode():
+        out = fcnseg.densify(model)(x)
+    assert sum(layouts) >= 2, "no convolution took the NCHW kernel"
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)

@@ -144,6 +144,13 @@ def drop_identity_windows(gm: torch.fx.GraphModule) -> int:
 # 3x3, dilation 16, reduction 432) 2x slower.
 GATHERED_MIN_REDUCTION = 4096
 GATHERED_BLOCK_BYTES = 64 * 2 ** 20       # gathered windows per matrix product, at most
+# ... but only on small outputs, or for 1x1 kernels (then the gather is a plain strided view). On
+# larger outputs oneDNN's NCHW direct kernel is the fastest for these wide convolutions (idle
+# 2-core CPU, 2 threads): fc6 at 16x16 out gathered 0.49 s vs NCHW 0.61 s, even at 24x24
+# (1.00 vs 1.01 s), behind at 32x32 (1.87 vs 1.65 s) and 64x64 (6.90 vs 5.64 s, NHWC direct
+# 6.85 s); VGG's 512->512 3x3 at 105x105 gathered 0.67 s, NHWC 0.41 s, NCHW 0.35 s. Its
+# 4096->4096 1x1 at 64x64 stays gathered (0.87 s vs NHWC 0.95 s, NCHW 1.16 s).
+GATHERED_MAX_OUTPUT_PIXELS = 24 * 24
 
 
 def _records_grad(*tensors) -> bool:
@@ -184,6 +191,8 @@ def _conv_gathered(x, w, b, stride, padding, dilation, groups):
         return _conv(x, w, b, stride, padding, dilation, groups)
     d0, d1 = as_pair(dilation)
     ho, wo = h - (kh - 1) * d0, wd - (kw - 1) * d1
+    if kh * kw > 1 and ho * wo > GATHERED_MAX_OUTPUT_PIXELS:        # NCHW direct, back to NHWC
+        return F.conv2d(x.contiguous(), w.contiguous(), b, 1, 0, dilation, 1).contiguous(memory_format=CL)
     sn, sc, sh, sw = x.stride()                                     # NHWC: sc == 1
     weight = w.reshape(o, ci * kh * kw).t()                         # (C*kh*kw, O), a view
     out = x.new_empty(n, ho, wo, o)                                 # NHWC
