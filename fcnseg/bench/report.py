@@ -84,7 +84,7 @@ def _load(run):
 
 def target_lines(result) -> list[str]:
     matmul = matmul_rate(result)
-    threads = result["machine"].get("torch_threads") or 1
+    threads = result.get("machine", {}).get("torch_threads") or 1
     lines = []
     mem = _net(result, MEMBRANE)
     for side, goal in ((1024, 1500), (256, 1200)):
