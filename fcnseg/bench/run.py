@@ -112,15 +112,14 @@ def bench_patch(models, x, ref, stride, cfg, timer) -> dict:
             scores["out"] = fcnseg.patchwise(model, x, pixels=pix, batch_size=bs)[..., pix[:, 0], pix[:, 1]]
 
         pix = all_pix[:bs]
-        run(pix[:1])                                              # warm-up: allocations, kernel choice
-        with timer.steady():             # the sample is timed on the heap one batch has filled
-            t = timer(lambda: run(pix), warmup=False)
-            peak = t.peak_bytes                                   # the first batch's, on a trimmed heap
+        with timer.steady():             # every timed batch runs on the heap one batch has filled
+            peak = timer(lambda: run(pix), warmup=False).peak_bytes  # warm-up on a trimmed heap: its peak
+            t = timer(lambda: run(pix), warmup=False)                 # calibration, in steady state
             n = sample_size(t.median / len(pix), bs, len(all_pix), cfg.patch_seconds)
             if n > len(pix):
                 pix = all_pix[:n]
                 t = timer(lambda: run(pix), warmup=False)
-        t.peak_bytes = max(peak, t.peak_bytes)
+        t.peak_bytes = peak
         out[key] = record(t, output_pixels(side, stride) / len(pix), sampled=len(pix), batch_size=bs,
                           max_abs_diff=max_diff(scores["out"], ref[..., pix[:, 0] // stride, pix[:, 1] // stride]))
     return out
