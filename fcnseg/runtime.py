@@ -179,8 +179,8 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None):
 # ------------------------------------------------------------ host memory policy
 
 # glibc mallopt parameters (malloc.h) and glibc's defaults for them
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-GLIBC_TRIM_THRESHOLD, GLIBC_MMAP_MAX = 128 * 1024, 65536
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+GLIBC_TRIM_THRESHOLD, GLIBC_MMAP_THRESHOLD, GLIBC_MMAP_MAX = 128 * 1024, 128 * 1024, 65536
 _heap_lock = threading.Lock()
 _heap_depth = 0
 

@@ -15,7 +15,6 @@ method's own.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import platform
 import statistics
@@ -25,17 +24,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fcnseg import runtime
 from fcnseg.runtime import reuse_host_memory
 
 
 def release_freed_memory() -> None:
     """Make glibc return every freed block above 128 KiB to the OS (RSS then tracks live data)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)   # M_MMAP_THRESHOLD: fixed, so big tensors are mmapped
-        libc.mallopt(-1, 128 * 1024)   # M_TRIM_THRESHOLD: trim the heap top eagerly
-    except OSError:                    # not glibc (macOS, musl): peaks may read low, said in the notes
-        pass
+    libc = runtime._glibc()
+    if libc is None:                   # not glibc (macOS, musl): peaks may read low, said in the notes
+        return
+    libc.mallopt(runtime.M_MMAP_THRESHOLD, runtime.GLIBC_MMAP_THRESHOLD)  # fixed, so big tensors are mmapped
+    libc.mallopt(runtime.M_TRIM_THRESHOLD, runtime.GLIBC_TRIM_THRESHOLD)  # trim the heap top eagerly
 
 
 def rss_bytes() -> int:

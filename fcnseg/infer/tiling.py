@@ -286,37 +286,31 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
     plan = plan_tiles(H, W, dense.patch_size, s[0], tile_size, region)
     # every tile's maps reuse the pages of the tile before (fcnseg.runtime.reuse_freed_memory)
     with runtime.reuse_host_memory(_param_dtype_device(dense)[1]):
-        return _predict_tiles(dense, image, plan, s[0], mode, value, transform, batch_size, amp,
-                              channels_last, return_scores, scores_out, label_channels)
-
-
-def _predict_tiles(dense, image, plan, stride, mode, value, transform, batch_size, amp, channels_last,
-                   return_scores, scores_out, label_channels) -> Prediction:
-    labels = scores = None
-    for m0, n0, out in iter_tile_outputs(dense, image, plan, pad_mode=mode, pad_value=value,
-                                         transform=transform, batch_size=batch_size, amp=amp,
-                                         channels_last=channels_last):
-        K = out.shape[0]
-        if labels is None:
-            labels = torch.empty(plan.rows, plan.cols, dtype=label_dtype(K))
-            if scores_out is not None:
-                if tuple(scores_out.shape) != (K, plan.rows, plan.cols):
-                    raise ValueError(f"scores_out has shape {tuple(scores_out.shape)}, expected "
-                                     f"{(K, plan.rows, plan.cols)}")
-                scores = scores_out
-            elif return_scores:
-                scores = torch.empty(K, plan.rows, plan.cols, dtype=out.dtype)
-        # argmax on the device, in the network's precision, before any down-cast
-        r, c = m0 - plan.row0, n0 - plan.col0
-        sl = (slice(r, r + plan.tile_rows), slice(c, c + plan.tile_cols))
-        labels[sl] = out[:label_channels].argmax(0).to("cpu", label_dtype(K))
-        if scores is not None:
-            o = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
-            if isinstance(scores, torch.Tensor):
-                scores[(slice(None),) + sl] = o.to("cpu")
-            else:
-                scores[(slice(None),) + sl] = o.cpu().numpy()
-    return Prediction(labels, scores, stride, plan.row0, plan.col0)
+        labels = scores = None
+        for m0, n0, out in iter_tile_outputs(dense, image, plan, pad_mode=mode, pad_value=value,
+                                             transform=transform, batch_size=batch_size, amp=amp,
+                                             channels_last=channels_last):
+            K = out.shape[0]
+            if labels is None:
+                labels = torch.empty(plan.rows, plan.cols, dtype=label_dtype(K))
+                if scores_out is not None:
+                    if tuple(scores_out.shape) != (K, plan.rows, plan.cols):
+                        raise ValueError(f"scores_out has shape {tuple(scores_out.shape)}, expected "
+                                         f"{(K, plan.rows, plan.cols)}")
+                    scores = scores_out
+                elif return_scores:
+                    scores = torch.empty(K, plan.rows, plan.cols, dtype=out.dtype)
+            # argmax on the device, in the network's precision, before any down-cast
+            r, c = m0 - plan.row0, n0 - plan.col0
+            sl = (slice(r, r + plan.tile_rows), slice(c, c + plan.tile_cols))
+            labels[sl] = out[:label_channels].argmax(0).to("cpu", label_dtype(K))
+            if scores is not None:
+                o = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
+                if isinstance(scores, torch.Tensor):
+                    scores[(slice(None),) + sl] = o.to("cpu")
+                else:
+                    scores[(slice(None),) + sl] = o.cpu().numpy()
+    return Prediction(labels, scores, s[0], plan.row0, plan.col0)
 
 
 # --- automatic tile size -----------------------------------------------------------------
