@@ -16,7 +16,7 @@ from torch import nn
 
 import fcnseg.zoo
 from fcnseg.models import save_checkpoint
-from fcnseg.runtime import default_palette
+from fcnseg.data.palette import default_palette
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,8 @@ from torch import nn
 import fcnseg
 from fcnseg import ops
 from fcnseg.convert.optimize import drop_identity_windows, num_threads
-from fcnseg.runtime import _glibc, reuse_freed_memory
+from fcnseg.runtime import reuse_freed_memory
+from fcnseg.runtime.memory import _glibc
 from helpers import grads_match
 
 

@@ -208,45 +208,21 @@ def test_remove_stale_temps_only_touches_this_files_temporaries(tmp_path):
     assert runtime.remove_stale_temps(tmp_path / "missing" / "a.png") == 0
 
 
-# ---------------------------------------------------------------------------- palettes
-def test_default_palette_is_the_voc_colour_map():
-    pal = runtime.default_palette(256)
-    assert pal[:4] == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
-    assert pal[15] == [192, 128, 128]  # VOC's "person"
-    assert len({tuple(c) for c in pal}) == 256
-
-
-def test_resolve_palette_completes_a_short_palette():
-    assert runtime.resolve_palette(None, 3) == runtime.default_palette(3)
-    assert runtime.resolve_palette([(1, 2, 3)], 3) == [[1, 2, 3]] + runtime.default_palette(3)[1:]
-    assert runtime.resolve_palette([[9, 9, 9]] * 4, 2) == [[9, 9, 9]] * 4
-
-
-def test_colorize_ignore_unknown_and_many_classes():
-    pal = [[10, 20, 30], [40, 50, 60], [70, 80, 90]]
-    mask = np.array([[0, 1, 2], [255, 7, -1]])
-    out = runtime.colorize(mask, pal)
-    assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
-    assert out[0].tolist() == pal
-    assert out[1].tolist() == [[255, 255, 255]] * 3  # ignored, past the palette, negative
-    assert runtime.colorize(mask, pal, ignore_color=(1, 2, 3))[1, 0].tolist() == [1, 2, 3]
-    big = runtime.default_palette(300)  # > 256 classes: label 255 is a class, not "ignore"
-    labels = np.array([[255, 299]])
-    assert runtime.colorize(labels, big, ignore_index=None)[0].tolist() == [big[255], big[299]]
-
-
 def test_no_other_module_defines_these_helpers():
-    """One home per concern: the runtime's helpers are defined nowhere else in the package."""
+    """One home per concern: each runtime helper, and the palette, is defined in its own module only."""
     import fcnseg
     root = os.path.dirname(fcnseg.__file__)
-    names = ("def pick_device", "def default_palette", "def colorize", "def atomic_path",
-             "def seed_all", "def rng_state", "def dist_env", "torch.autocast(",
-             "os.replace(", "init_process_group(")
+    homes = {"def pick_device": "runtime/device.py", "def dist_env": "runtime/device.py",
+             "init_process_group(": "runtime/device.py", "torch.autocast(": "runtime/precision.py",
+             "def seed_all": "runtime/seeding.py", "def rng_state": "runtime/seeding.py",
+             "def atomic_path": "runtime/files.py", "os.replace(": "runtime/files.py",
+             "def default_palette": "data/palette.py", "def colorize": "data/palette.py"}
     found = []
     for dirpath, _, files in os.walk(root):
         for f in files:
             path = os.path.join(dirpath, f)
-            if f.endswith(".py") and path != runtime.__file__:
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            if f.endswith(".py"):
                 text = open(path, encoding="utf-8").read()
-                found += [(os.path.relpath(path, root), n) for n in names if n in text]
-    assert not found, f"runtime helpers re-implemented outside fcnseg/runtime.py: {found}"
+                found += [(rel, n) for n, home in homes.items() if n in text and rel != home]
+    assert not found, f"helpers re-implemented outside their home module: {found}"

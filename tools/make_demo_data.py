@@ -37,7 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fcnseg.runtime import default_palette
+from fcnseg.data.palette import default_palette
 
 DEBIAN_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 CLASS_NAMES = ["background", "t-shirt/top", "trouser", "pullover", "dress", "coat",

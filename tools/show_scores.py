@@ -25,7 +25,8 @@ def plot_scores(out: Path, image: np.ndarray, labels: np.ndarray, scores: np.nda
     from matplotlib.patches import Patch
 
     from fcnseg.infer.outputs import display_rgb
-    from fcnseg.runtime import atomic_path, colorize
+    from fcnseg.data.palette import colorize
+    from fcnseg.runtime import atomic_path
 
     s = scores.astype(np.float64)
     prob = np.exp(s - s.max(0))
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from fcnseg.data.io import read_image
     from fcnseg.models import load_checkpoint
-    from fcnseg.runtime import resolve_palette
+    from fcnseg.data.palette import resolve_palette
 
     ck = load_checkpoint(args.checkpoint)
     k_total = int(ck["num_classes"])

@@ -25,16 +25,17 @@ from dataclasses import dataclass, field
 import torch
 
 from fcnseg import runtime
+from fcnseg.runtime import memory
 from fcnseg.runtime import reuse_host_memory
 
 
 def release_freed_memory() -> None:
     """Make glibc return every freed block above 128 KiB to the OS (RSS then tracks live data)."""
-    libc = runtime._glibc()
+    libc = memory._glibc()
     if libc is None:                   # not glibc (macOS, musl): peaks may read low, said in the notes
         return
-    libc.mallopt(runtime.M_MMAP_THRESHOLD, runtime.GLIBC_MMAP_THRESHOLD)  # fixed, so big tensors are mmapped
-    libc.mallopt(runtime.M_TRIM_THRESHOLD, runtime.GLIBC_TRIM_THRESHOLD)  # trim the heap top eagerly
+    libc.mallopt(memory.M_MMAP_THRESHOLD, memory.GLIBC_MMAP_THRESHOLD)  # fixed, so big tensors are mmapped
+    libc.mallopt(memory.M_TRIM_THRESHOLD, memory.GLIBC_TRIM_THRESHOLD)  # trim the heap top eagerly
 
 
 def rss_bytes() -> int:

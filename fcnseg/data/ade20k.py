@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fcnseg.runtime import default_palette
+from fcnseg.data.palette import default_palette
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, Sample, SegmentationDataset, check_masks_exist, require_dir
 from .errors import DatasetError

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fcnseg.runtime import default_palette
+from fcnseg.data.palette import default_palette
 
 from .errors import DatasetError
 from .io import normalize, read_image, read_mask, to_channels, to_float

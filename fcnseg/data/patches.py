@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from fcnseg.runtime import default_palette
+from fcnseg.data.palette import default_palette
 
 from .base import default_mean_std, require_dir
 from .errors import DatasetError, ImageReadError

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from fcnseg.runtime import default_palette
+from fcnseg.data.palette import default_palette
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, Sample, SegmentationDataset, check_masks_exist
 from .errors import DatasetError

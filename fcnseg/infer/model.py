@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg import runtime
+from fcnseg.data.palette import resolve_palette
 from fcnseg.data.io import normalize, to_channels, to_float
 from fcnseg.models import load_checkpoint, model_from_checkpoint
 
@@ -130,7 +131,7 @@ def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", outpu
         model.to(memory_format=torch.channels_last)
     return Predictor(model=model, dense=dense, device=dev, in_channels=int(info["in_channels"]),
                      num_classes=K, mean=list(info["mean"]), std=list(info["std"]),
-                     palette=runtime.resolve_palette(info.get("palette"), K),
+                     palette=resolve_palette(info.get("palette"), K),
                      class_names=info.get("class_names"),
                      patch_size=tuple(patch) if patch is not None else None,
                      pad_mode=pad_mode, pad_value=pad_value, output_stride=int(output_stride),

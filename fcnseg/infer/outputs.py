@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from fcnseg.data.io import to_channels
-from fcnseg.runtime import atomic_path, colorize
+from fcnseg.data.palette import colorize
+from fcnseg.runtime import atomic_path
 
 
 def to_image_size(labels: np.ndarray, height: int, width: int, stride: int) -> np.ndarray:

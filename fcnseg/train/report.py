@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from fcnseg.runtime import atomic_path, colorize, write_text_atomic
+from fcnseg.data.palette import colorize
+from fcnseg.runtime import atomic_path, write_text_atomic
 
 
 def iou_table(metrics, class_names, column=("per_class_iou", "IoU"),

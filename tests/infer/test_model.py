@@ -33,7 +33,7 @@ def test_missing_palette_falls_back_to_the_default_colours(tmp_path):
     state.pop("format"), state.pop("version")
     state["palette"] = None
     save_checkpoint(ck, **state)
-    assert load_predictor(ck, device="cpu").palette == fcnseg.runtime.default_palette(3)
+    assert load_predictor(ck, device="cpu").palette == fcnseg.data.palette.default_palette(3)
 
 
 def test_checkpoint_without_preprocessing_is_refused(tmp_path):

@@ -6,7 +6,8 @@ from PIL import Image
 
 from fcnseg.infer.outputs import (ScoresFile, save_labels, save_overlay, save_scores,
                                   to_image_size)
-from fcnseg.runtime import TMP_SUFFIX, default_palette
+from fcnseg.data.palette import default_palette
+from fcnseg.runtime import TMP_SUFFIX
 
 
 @pytest.mark.parametrize("stride", [2, 3])
