@@ -16,35 +16,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class SettingsError(ValueError):
-    """A setting that cannot be used. `param` is its dotted path (`trainer.batch_size`);
-    `choices`, when given, are the values it accepts."""
-
-    def __init__(self, param: str, message: str, choices=None):
-        self.param, self.choices = param, tuple(choices) if choices else None
-        super().__init__(f"{param}: {message}")
-
-
-def _check_choice(param, value, choices):
-    if value not in choices:
-        raise SettingsError(param, f"got {value!r}; choose one of {', '.join(map(str, choices))}",
-                            choices)
-
-
-def _check_positive(param, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SettingsError(param, f"must be a positive integer, got {value!r}")
-
-
-def _auto_or_positive(param, value, kind=int):
-    if value == "auto":
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or \
-            (kind is int and not isinstance(value, int)):
-        raise SettingsError(param, f"must be 'auto' or a positive {kind.__name__}, got {value!r}")
+from fcnseg.settings import SettingsError
+from fcnseg.settings import build_section as _build
+from fcnseg.settings import check_auto_or_positive as _auto_or_positive
+from fcnseg.settings import check_choice as _check_choice
+from fcnseg.settings import check_positive as _check_positive
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -252,16 +228,6 @@ class TrainSettings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _build(group, cls, values):
-    values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in values:
-        if k not in names:
-            raise SettingsError(f"{group}.{k}", f"unknown setting; {group} has "
-                                f"{', '.join(sorted(names))}")
-    return cls(**values)
 
 
 def _named(group, table, values, default):
