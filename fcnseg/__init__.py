@@ -6,7 +6,7 @@
     valid, patch = fcnseg.strip_padding(torchvision_model)
     model = fcnseg.zoo.create("vgg16", num_classes=21)
 
-The subpackages (zoo, data, infer, train, bench) and the models and runtime modules are
+The subpackages (zoo, data, infer, train, bench) and the checkpoint and runtime modules are
 imported on first use, so that `import fcnseg` costs little more than `import torch`.
 """
 import importlib
@@ -22,7 +22,7 @@ from .patch import crop_patches, patchwise
 __version__ = "0.1.0"
 
 # imported lazily (module __getattr__): they pull in torchvision, PIL, safetensors...
-SUBPACKAGES = ("zoo", "data", "infer", "train", "bench", "models", "runtime", "heads")
+SUBPACKAGES = ("zoo", "data", "infer", "train", "bench", "checkpoint", "runtime", "heads")
 
 __all__ = ["densify", "DenseClassifier", "Optimizations", "patchwise", "crop_patches", "compare_dense",
            "Comparison", "grid_pixels", "sample_pixels", "strip_padding", "find_patch_size", "geometry", "Geometry",

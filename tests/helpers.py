@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 import fcnseg.zoo
-from fcnseg.models import save_checkpoint
+from fcnseg.checkpoint import save_checkpoint
 from fcnseg.data.palette import default_palette
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +140,7 @@ def toy_model(num_classes=5, in_channels=3, seed=0):
 
 def write_checkpoint(path: Path, *, num_classes=5, in_channels=3, pad_mode="reflect",
                      pad_value=0.0, seed=0) -> Path:
-    """A checkpoint in the training format (fcnseg.models) around the toy net."""
+    """A checkpoint in the training format (fcnseg.checkpoint) around the toy net."""
     m = toy_model(num_classes, in_channels, seed)
     mean = [0.5, 0.4, 0.3][:in_channels] if in_channels <= 3 else [0.5] * in_channels
     std = [0.25, 0.2, 0.3][:in_channels] if in_channels <= 3 else [0.25] * in_channels

@@ -119,7 +119,7 @@ class ZooTwoHeads(nn.Module):
 @pytest.fixture
 def two_heads_checkpoint(tmp_path):
     import fcnseg.zoo as zoo
-    from fcnseg.models import save_checkpoint
+    from fcnseg.checkpoint import save_checkpoint
     name = "test_two_heads"
     zoo.register(name, input_size=lambda: 10)(lambda k, c, w=1.0: ZooTwoHeads(k, c))
     try:

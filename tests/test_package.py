@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_name_of_the_api_doc_is_reachable():
     doc = (ROOT / "docs" / "api.md").read_text()
     headings = re.findall(r"^## `(?:fcnseg\.)?([A-Za-z_][\w]*)", doc, flags=re.M)
-    assert {"densify", "DenseClassifier", "Optimizations", "patchwise", "compare_dense", "models",
+    assert {"densify", "DenseClassifier", "Optimizations", "patchwise", "compare_dense", "checkpoint",
             "runtime"} <= set(headings)
     for name in headings + list(fcnseg.__all__):
         assert getattr(fcnseg, name) is not None, name

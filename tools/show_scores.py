@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     from PIL import Image
 
     from fcnseg.data.io import read_image
-    from fcnseg.models import load_checkpoint
+    from fcnseg.checkpoint import load_checkpoint
     from fcnseg.data.palette import resolve_palette
 
     ck = load_checkpoint(args.checkpoint)

@@ -18,7 +18,7 @@ import fcnseg
 
 def load_model(cfg):
     if cfg.checkpoint:
-        from fcnseg.models import load_checkpoint, model_from_checkpoint
+        from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
         model, info = model_from_checkpoint(load_checkpoint(cfg.checkpoint))
         return model, info.get("in_channels", cfg.in_channels), info.get("pad_mode", cfg.pad_mode), info
     from fcnseg import zoo

@@ -13,7 +13,7 @@ from torch import nn
 from fcnseg import runtime
 from fcnseg.data.palette import resolve_palette
 from fcnseg.data.io import normalize, to_channels, to_float
-from fcnseg.models import load_checkpoint, model_from_checkpoint
+from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 
 from .tiling import Prediction, label_dtype
 

@@ -6,7 +6,7 @@ by inference to label every pixel of whole images. `train_classifier(settings, r
 takes the same TrainSettings as `fcnseg.train.run` (which hands it every data group of
 kind "patches", fcnseg.data.patches), counts the run in optimiser steps the same way
 (trainer.steps or trainer.epochs, validation every trainer.eval_every) and writes the
-same files: last.pt / best.pt (the checkpoint format of fcnseg.models, so
+same files: last.pt / best.pt (the checkpoint format of fcnseg.checkpoint, so
 tools/infer.py uses them unchanged), metrics.json (accuracy, per-class accuracy and
 the confusion matrix), metrics.csv and curves.png.
 
@@ -27,7 +27,7 @@ import fcnseg
 from fcnseg import runtime
 from fcnseg.data.datasets import compute_mean_std
 from fcnseg.data.patches import PatchFolderDataset
-from fcnseg.models import build_model, model_spec
+from fcnseg.checkpoint import build_model, model_spec
 from fcnseg.train import report
 from fcnseg.train.build import build_transform
 from fcnseg.train.metrics import ConfusionMatrix

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from fcnseg import runtime
-from fcnseg.models import load_checkpoint, save_checkpoint
+from fcnseg.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.train import report
 from fcnseg.train.losses import PixelLoss, auto_class_weights
 from fcnseg.train.schedule import build_optimizer, build_scheduler

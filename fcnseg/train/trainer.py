@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import fcnseg
 from fcnseg import runtime
-from fcnseg.models import build_model, model_spec
+from fcnseg.checkpoint import build_model, model_spec
 from fcnseg.train import cost, report
 from fcnseg.train.build import build_transform
 from fcnseg.train.metrics import ConfusionMatrix

@@ -9,7 +9,7 @@ import fcnseg
 from fcnseg.data.io import normalize, to_float
 from fcnseg.infer import load_predictor
 from fcnseg.infer.model import predict_whole
-from fcnseg.models import build_model, load_checkpoint, model_spec, save_checkpoint
+from fcnseg.checkpoint import build_model, load_checkpoint, model_spec, save_checkpoint
 
 from helpers import PALETTE, random_image, write_checkpoint
 

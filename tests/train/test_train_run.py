@@ -9,7 +9,7 @@ import fcnseg
 import fcnseg.train
 import fcnseg.zoo
 from fcnseg.data import DatasetError, build_dataset
-from fcnseg.models import load_checkpoint, model_from_checkpoint
+from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.train import evaluate
 from fcnseg.train.trainer import Trainer, _collate
 
