@@ -11,10 +11,16 @@ Decoding goes through Pillow, which verifies the whole stream (so a truncated fi
 coming back half grey, as OpenCV's decoders do), except for 16-bit PNG/TIFF, which Pillow
 reduces to 8 bits: those are decoded by OpenCV with ``IMREAD_UNCHANGED``, which keeps the full
 depth but ignores EXIF, so the orientation is then applied by :func:`apply_orientation`.
+
+Pillow's own guard against decompression bombs (a fixed 179-megapixel limit, an error at twice
+that) is replaced by the caller's ``max_image_pixels``, checked on the header before any pixel is
+decoded. Files too large to decode whole are read region by region (``fcnseg.data.regions``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +36,16 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: ITU-R BT.601 luma weights (the ones JPEG, Pillow's ``convert("L")`` and OpenCV use).
 LUMA_601 = (0.299, 0.587, 0.114)
 
+#: Largest image (height x width) decoded whole by default: a 32768 x 32768 picture, 3 GiB as RGB
+#: (its decoder holds a second copy while converting). It is also OpenCV's default limit, which
+#: decodes the 16-bit files (environment variable ``OPENCV_IO_MAX_IMAGE_PIXELS``).
+MAX_IMAGE_PIXELS = 2 ** 30
+
 _EXIF_ORIENTATION = 0x0112
+_OPENCV_DEFAULT_MAX_PIXELS = 2 ** 30
+_pillow_limit_lock = threading.Lock()
+_pillow_limit_users = 0
+_pillow_limit_saved = Image.MAX_IMAGE_PIXELS
 _MODES_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
@@ -43,18 +58,60 @@ def _check_file(path: Path) -> None:
         raise ImageReadError(path, "file is empty (0 bytes); re-copy or re-export it, or remove it from the dataset")
 
 
-def _open_verified(path: Path) -> Image.Image:
-    """Open with Pillow and decode the full stream, so that corrupt data raises here."""
+@contextlib.contextmanager
+def _without_pillow_pixel_limit():
+    """Pillow checks its global MAX_IMAGE_PIXELS when a file is opened and (TIFF) loaded; lift it
+    while any reader here is inside this block (counted, so concurrent readers neither serialise
+    nor restore it under each other): the caller's own limit has been checked on the header."""
+    global _pillow_limit_users, _pillow_limit_saved
+    with _pillow_limit_lock:
+        if _pillow_limit_users == 0:
+            _pillow_limit_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _pillow_limit_users += 1
     try:
-        img = Image.open(path)
+        yield
+    finally:
+        with _pillow_limit_lock:
+            _pillow_limit_users -= 1
+            if _pillow_limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_limit_saved
+
+
+def check_pixel_limit(path: str | os.PathLike, height: int, width: int, max_image_pixels: int | None) -> None:
+    """Refuse to decode an image of more than ``max_image_pixels`` pixels whole (None: no limit)."""
+    if max_image_pixels is not None and height * width > max_image_pixels:
+        raise ImageReadError(
+            path, f"{width}x{height} = {height * width} pixels is above max_image_pixels={max_image_pixels}, "
+            "the largest image decoded whole (this format cannot be read by region); raise max_image_pixels "
+            "if the file is trusted and the memory is there (3 bytes a pixel for RGB, twice while decoding), "
+            "or convert it to a tiled TIFF, which is read region by region")
+
+
+def _open_header(path: Path) -> Image.Image:
+    """Open with Pillow, which reads the header only."""
+    try:
+        with _without_pillow_pixel_limit():
+            return Image.open(path)
     except UnidentifiedImageError:
         raise ImageReadError(
             path, "not an image file Pillow can decode; remove it from the image folder or convert it to PNG/JPEG"
         ) from None
     except OSError as e:
         raise ImageReadError(path, f"cannot be opened ({e}); check permissions or re-copy the file") from None
+
+
+def _open_verified(path: Path, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open with Pillow and decode the full stream, so that corrupt data raises here."""
+    img = _open_header(path)
     try:
-        img.load()
+        check_pixel_limit(path, img.height, img.width, max_image_pixels)
+    except ImageReadError:
+        img.close()
+        raise
+    try:
+        with _without_pillow_pixel_limit():
+            img.load()
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error ... on bad streams
         raise ImageReadError(
             path, f"truncated or corrupt image data ({e}); re-download/re-export the file or remove it"
@@ -96,12 +153,31 @@ def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops.get(int(orientation), ops[1])(arr))
 
 
+def _read_16bit_planar_tiff(path: Path) -> np.ndarray:
+    """OpenCV interleaves the planes of a 16-bit TIFF stored plane by plane wrongly; tifffile does not."""
+    try:
+        import tifffile
+    except ImportError:
+        raise ImageReadError(path, "a 16-bit TIFF stored plane by plane (PlanarConfiguration 2) is read with "
+                                   "tifffile: pip install 'fcnseg[large]', or re-save it interleaved") from None
+    with tifffile.TiffFile(path) as tf:
+        arr = tf.pages[0].asarray()  # (S, H, W)
+    return np.moveaxis(arr, 0, 2) if arr.ndim == 3 else arr[:, :, None]
+
+
 def _read_16bit(path: Path, img: Image.Image) -> np.ndarray:
     import cv2  # imported lazily: only 16-bit files need it
 
+    if img.format == "TIFF" and img.tag_v2.get(284, 1) == 2 and img.tag_v2.get(277, 1) > 1:
+        arr = _read_16bit_planar_tiff(path)
+        return apply_orientation(arr, img.getexif().get(_EXIF_ORIENTATION, 1))
     buf = np.fromfile(path, dtype=np.uint8)  # fromfile + imdecode also works for non-ASCII paths on Windows
     arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:
+        if img.width * img.height > _OPENCV_DEFAULT_MAX_PIXELS:
+            raise ImageReadError(
+                path, f"OpenCV, which decodes 16-bit images, refuses {img.width}x{img.height} pixels unless the "
+                "environment variable OPENCV_IO_MAX_IMAGE_PIXELS is set above that before the run starts")
         raise ImageReadError(path, "OpenCV cannot decode this 16-bit image; re-export it as a 16-bit PNG")
     if arr.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(
@@ -142,20 +218,32 @@ def _pil_to_array(path: Path, img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image as ``(H, W, C)`` uint8/uint16 RGB(A) with its EXIF orientation applied.
 
     ``C`` is 1 (gray), 3 (RGB) or 4 (RGBA); palette images are expanded to their colours.
     Raises :class:`ImageReadError` (a ``ValueError``) for a missing, empty, truncated or non-image
-    file, naming the file and the fix.
+    file, or one of more than ``max_image_pixels`` pixels (None: no limit), naming the file and the fix.
     """
     path = Path(path)
     _check_file(path)
-    with _open_verified(path) as img:
+    with _open_verified(path, max_image_pixels) as img:
         if _is_16bit(path, img):
             return _read_16bit(path, img)
         img = ImageOps.exif_transpose(img)
         return _pil_to_array(path, img)
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of the image :func:`read_image` returns, from the header alone (EXIF orientation
+    counted: a rotated photo's sides are swapped)."""
+    path = Path(path)
+    _check_file(path)
+    with _open_header(path) as img:
+        w, h = img.size
+        if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            w, h = h, w
+    return h, w
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
