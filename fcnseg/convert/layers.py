@@ -49,10 +49,17 @@ SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
 
 
+# Every kind `describe` returns. Each has a conversion rule (fcnseg.convert.rules.RULES) except
+# those in KINDS_WITHOUT_RULE: shape arithmetic is evaluated by the converter itself when its value
+# is not a tensor (and refused when it is), and unsupported layers are refused with their reason.
+LAYER_KINDS = ("conv", "pool", "adaptive", "global", "linear", "reshape", "crop", "merge", "cat",
+               "pointwise", "softmax", "shape", "chunk", "transpose", "getitem", "unsupported")
+KINDS_WITHOUT_RULE = ("shape", "unsupported")
+
+
 @dataclass
 class Layer:
-    kind: str                      # conv, pool, adaptive, global, linear, reshape, crop, merge, cat,
-                                   # pointwise, softmax, shape, chunk, transpose, getitem
+    kind: str                      # one of LAYER_KINDS
     name: str                      # qualified module name or node name, for messages
     kernel: tuple = (1, 1)
     stride: tuple = (1, 1)
@@ -68,6 +75,10 @@ class Layer:
     module: nn.Module | None = None
     dim: object = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in LAYER_KINDS:
+            raise AssertionError(f"layer kind {self.kind!r} is not in LAYER_KINDS; add it there and give it a rule")
 
 
 def _arg(node, i, name, default=None):
@@ -165,6 +176,8 @@ def _describe_function(node) -> Layer:
         return Layer("reshape", name)
     if t in MERGE_FUNCTIONS:
         return Layer("merge", name)
+    if t is operator.getitem:          # on a tensor (on shapes the converter evaluates it itself)
+        return Layer("getitem", name)
     if t in SHAPE_FUNCTIONS:
         return Layer("shape", name)
     if t in (F.batch_norm, torch.batch_norm):

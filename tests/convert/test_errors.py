@@ -35,7 +35,7 @@ def test_unknown_layer_named():
 
 
 def test_pooling_padding_refuses_with_the_fix():
-    # ceil-mode partial windows convert exactly (tests/test_ceil_mode.py); a padded pooling window
+    # ceil-mode partial windows convert exactly (tests/convert/test_edge_maps.py); a padded pooling window
     # (partial at the first position too) does not
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.MaxPool2d(3, 2, padding=1), nn.Conv2d(3, K, 7))
     with pytest.raises(fcnseg.PaddingError, match=r"layer '1'.*strip_padding"):
