@@ -55,8 +55,8 @@ class Optimizations:
         (`fcnseg.runtime.reuse_freed_memory`); values are untouched. Inference passes only
         (autograd off): a training forward keeps its maps for the backward pass, so a heap
         trimmed on leaving the forward would be refilled with fresh pages by the backward,
-        which made a demo training step slower (0.49 s vs 0.43 s). Training instead runs all
-        its steps, forward and backward, inside one block (fcnseg.train does).
+        which made a training step slower (docs/benchmarks.md). Training instead runs all its
+        steps, forward and backward, inside one block (fcnseg.train does).
     """
     channels_last: bool = True
     fold_batchnorm: bool = True
@@ -93,9 +93,8 @@ def _kernel_channels_last(w: torch.Tensor) -> torch.Tensor:
 
     With one input channel per group, the default strides describe NCHW and NHWC at once and
     PyTorch resolves the tie to NCHW: on a single-channel image the first convolution then
-    writes NCHW and a copy to NHWC follows (on the 95x95 membrane net at 256x256 that copy took
-    longer than the convolution itself). The view addresses the same elements, so values and
-    gradients are unchanged, and it marks the kernel NHWC, so the convolution writes NHWC.
+    writes NCHW and a full copy to NHWC follows. The view addresses the same elements, so values
+    and gradients are unchanged, and it marks the kernel NHWC, so the convolution writes NHWC.
     """
     if w.dim() == 4 and w.shape[1] == 1 and w.is_contiguous() and w.shape[2] * w.shape[3] > 1:
         return w.as_strided(w.shape, (w.shape[2] * w.shape[3], 1, w.shape[3], 1))
@@ -139,17 +138,13 @@ def drop_identity_windows(gm: torch.fx.GraphModule) -> int:
 
 
 # From this reduction length (in_channels * kh * kw) on, one matrix product over gathered windows
-# beats oneDNN's direct convolution on CPU. Measured, one thread, NHWC: VGG-16's fc6 as a conv
-# (512 -> 4096, 7x7, dilation 4, reduction 25088) 2.2x faster; the membrane net's fc1 (48 -> 200,
-# 3x3, dilation 16, reduction 432) 2x slower.
+# beats oneDNN's direct convolution on CPU: oneDNN reorders a wide FC-derived kernel (VGG-16's fc6)
+# on every call, while a narrow one (the membrane net's fc1) runs faster direct.
 GATHERED_MIN_REDUCTION = 4096
 GATHERED_BLOCK_BYTES = 64 * 2 ** 20       # gathered windows per matrix product, at most
-# ... but only on small outputs, or for 1x1 kernels (then the gather is a plain strided view). On
-# larger outputs oneDNN's NCHW direct kernel is the fastest for these wide convolutions (idle
-# 2-core CPU, 2 threads): fc6 at 16x16 out gathered 0.49 s vs NCHW 0.61 s, even at 24x24
-# (1.00 vs 1.01 s), behind at 32x32 (1.87 vs 1.65 s) and 64x64 (6.90 vs 5.64 s, NHWC direct
-# 6.85 s); VGG's 512->512 3x3 at 105x105 gathered 0.67 s, NHWC 0.41 s, NCHW 0.35 s. Its
-# 4096->4096 1x1 at 64x64 stays gathered (0.87 s vs NHWC 0.95 s, NCHW 1.16 s).
+# ... but only on small outputs, or for 1x1 kernels (then the gather is a plain strided view): on
+# larger outputs oneDNN's NCHW direct kernel is the fastest for these wide convolutions. The
+# measurements that set both limits: docs/benchmarks.md, "What the default path does".
 GATHERED_MAX_OUTPUT_PIXELS = 24 * 24
 
 
@@ -215,10 +210,9 @@ torch.fx.wrap("_conv_gathered")
 
 # Output rows per band of a weight gradient: the band's unfolded input (N * C/groups * kh * kw
 # values per output pixel) stays under this. oneDNN's CPU weight gradient unfolds the whole
-# input and, once that passes 1 GiB, falls back to its scalar reference kernel: the membrane
-# net's 48->48 5x5 dilation-2 layer of a 512x512 training image took 305 s there, 1.9 s in
-# bands. Below the limit bands are faster too (cache-sized unfolds): its 48->200 3x3
-# dilation-16 layer at 512x512 took 1.73 s in one call, 0.98 s in bands of 32 rows.
+# input and, once that passes 1 GiB, falls back to its scalar reference kernel, orders of
+# magnitude slower; below the limit bands are faster too (cache-sized unfolds). Measured:
+# docs/benchmarks.md, "Weight gradients in bands of output rows".
 BAND_UNFOLD_BYTES = 64 * 2 ** 20
 _conv_backward = torch.ops.aten.convolution_backward
 
@@ -327,7 +321,7 @@ def fold_batchnorm(gm: torch.fx.GraphModule) -> int:
 
     Exact up to rounding: (conv(x, w) + b - mean) * g / sqrt(var + eps) + beta is the
     convolution with weight w * g / sqrt(var + eps) and the matching bias, and it saves one
-    full pass over the map per norm layer (about a fifth of a ResNet's dense time on CPU).
+    full pass over the map per norm layer.
     """
     folded = 0
     for node in list(gm.graph.nodes):
