@@ -66,7 +66,9 @@ def create(name: str, num_classes: int, in_channels: int = 3, width_mult: float 
     pretrained: False; True (the published ImageNet weights, downloaded by torchvision or
     timm); or a path to a local state dict (.pt/.pth via torch.load(weights_only=True), or
     .safetensors). With num_classes != the weights' classes the last layer keeps its fresh
-    initialisation and everything else must match exactly. options: the builder's own
+    initialisation; with in_channels != the weights' (3 for ImageNet) the first convolution
+    is adapted as timm does (1 channel: summed over RGB; more: RGB repeated and rescaled by
+    3/in_channels; logged); everything else must match exactly. options: the builder's own
     keywords, e.g. patch_size= for patchnet (its layers computed for that patch).
     """
     s = spec(name)

@@ -3,7 +3,7 @@ classifiers (they are training-time losses, not part of the patch classifier).
 
 The published weights were ported from TensorFlow and expect torchvision's
 `transform_input=True` (a per-channel affine of the input, pointwise in space), which
-`pretrained=True` switches on exactly as torchvision does.
+`pretrained=True` switches on exactly as torchvision does (for RGB input only).
 """
 import torchvision.models as tvm
 
@@ -14,7 +14,9 @@ WEIGHTS = tvm.GoogLeNet_Weights.IMAGENET1K_V1
 
 
 def _published(model):
-    model.transform_input = True  # the input convention the ported weights were trained with
+    # the input convention the ported weights were trained with; it is written for three RGB
+    # channels, so a gray or multi-band network goes without it (its first convolution is adapted)
+    model.transform_input = model.conv1.conv.in_channels == 3
     state = WEIGHTS.get_state_dict(progress=True)
     return {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
 

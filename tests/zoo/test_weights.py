@@ -3,6 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import fcnseg
 import fcnseg.zoo as zoo
 
 
@@ -72,3 +73,55 @@ def test_no_published_weights_says_so():
 def test_published_weights_only_at_full_width():
     with pytest.raises(ValueError, match="width_mult=1.0 only"):
         zoo.create("resnet18", num_classes=7, width_mult=0.5, padding="same", pretrained=True)
+
+
+@pytest.fixture
+def float64():
+    """Networks built in float64, so that loading a float64 file rounds nothing."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def _rgb_weights(tmp_path, name="resnet18", width_mult=1 / 16):
+    src = zoo.create(name, num_classes=5, width_mult=width_mult, padding="same").eval()
+    torch.save(src.state_dict(), tmp_path / "rgb.pt")
+    return src, tmp_path / "rgb.pt"
+
+
+def test_rgb_weights_start_a_gray_network_exactly(tmp_path, caplog, float64):
+    rgb, path = _rgb_weights(tmp_path)
+    with caplog.at_level("INFO", logger="fcnseg.zoo.weights"):
+        gray = zoo.create("resnet18", num_classes=5, in_channels=1, width_mult=1 / 16, padding="same",
+                          pretrained=path).eval()
+    assert "conv1.weight was trained on 3 input channels; the network takes 1" in caplog.text
+    x = torch.rand(2, 1, 48, 40, dtype=torch.float64)
+    torch.testing.assert_close(gray(x), rgb(x.expand(-1, 3, -1, -1)), rtol=1e-12, atol=1e-12)
+
+
+def test_rgb_weights_start_a_gray_valid_network_through_densify(tmp_path, float64):
+    rgb, path = _rgb_weights(tmp_path, name="toy", width_mult=1.0)
+    gray = zoo.create("toy", num_classes=5, in_channels=1, pretrained=path).eval()
+    x = torch.rand(1, 1, 21, 19, dtype=torch.float64)
+    ref = fcnseg.patchwise(rgb, x.expand(-1, 3, -1, -1), 15)  # the RGB classifier on replicated gray
+    torch.testing.assert_close(fcnseg.densify(gray)(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_rgb_weights_start_a_five_band_network(tmp_path, float64):
+    rgb, path = _rgb_weights(tmp_path)
+    bands = zoo.create("resnet18", num_classes=5, in_channels=5, width_mult=1 / 16, padding="same",
+                       pretrained=path).eval()
+    w3, w5 = rgb.conv1.weight, bands.conv1.weight
+    torch.testing.assert_close(w5, torch.cat([w3, w3[:, :2]], dim=1) * (3 / 5), rtol=0, atol=0)
+    assert bands(torch.rand(1, 5, 40, 40, dtype=torch.float64)).shape == (1, 5)
+
+
+def test_published_weights_are_adapted_the_same_way(tmp_path, float64):
+    # pretrained=True goes through the same loader; a stand-in for the download
+    from fcnseg.zoo.weights import load_pretrained
+
+    rgb, _ = _rgb_weights(tmp_path)
+    gray = zoo.create("resnet18", num_classes=5, in_channels=1, width_mult=1 / 16, padding="same")
+    load_pretrained(gray, "resnet18", lambda model: rgb.state_dict(), True, width_mult=1.0)
+    torch.testing.assert_close(gray.conv1.weight, rgb.conv1.weight.sum(1, keepdim=True), rtol=0, atol=0)
