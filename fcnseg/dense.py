@@ -16,6 +16,8 @@ from . import ops
 from .ops import PAD_MODES, pad_image
 from .convert.optimize import Optimizations, num_threads, optimize_body
 from .runtime import reuse_freed_memory
+from .runtime.precision import precision_context
+from .settings import check_precision
 from .ops import as_pair
 from .patch import resolve_patch_size
 
@@ -30,7 +32,7 @@ class DenseClassifier(nn.Module):
     """
 
     def __init__(self, classifier, body, patch_size, output_stride, pad_mode, pad_value, geometry, unsafe,
-                 num_classes, per_patch_tail=None, tail_inputs=(), optimizations=None):
+                 num_classes, per_patch_tail=None, tail_inputs=(), optimizations=None, precision=None):
         super().__init__()
         self.per_patch_tail = per_patch_tail  # layers after a squeeze-excitation gate, run per patch; or None
         self.tail_inputs = list(tail_inputs)  # Geo of each dense map the per-patch tail gathers from
@@ -43,6 +45,7 @@ class DenseClassifier(nn.Module):
         self.geometry = geometry
         self.num_classes = num_classes
         self.optimizations = optimizations
+        self.precision = precision            # None: the caller's own autocast and float32 flags
         self._unsafe = unsafe
         # adopt the classifier's mode without changing it (a later .train()/.eval() reaches both)
         for m in (self, body, per_patch_tail):
@@ -79,13 +82,18 @@ class DenseClassifier(nn.Module):
         opt = self.optimizations
         with num_threads(opt.threads if opt else None), \
                 reuse_freed_memory(bool(opt and opt.reuse_memory) and xp.device.type == "cpu"
-                                   and not torch.is_grad_enabled()):   # see Optimizations.reuse_memory
+                                   and not torch.is_grad_enabled()), \
+                precision_context(self.precision, xp.device):
             y = self.body(xp)
             if self.per_patch_tail is not None:
-                return self._run_tail(y, ho, wo)
-        # networks that ignore trailing rows (floor pooling) produce a few extra outputs: drop them;
-        # the result is NCHW-contiguous whatever layout the body ran in
-        return tree_map(lambda t: t[..., :ho, :wo].contiguous(), y)
+                y = self._run_tail(y, ho, wo)
+        if self.per_patch_tail is None:
+            # networks that ignore trailing rows (floor pooling) produce a few extra outputs: drop
+            # them; the result is NCHW-contiguous whatever layout the body ran in
+            y = tree_map(lambda t: t[..., :ho, :wo].contiguous(), y)
+        if self.precision is not None:      # scores in the input's dtype, whatever autocast computed in
+            y = tree_map(lambda t: t.to(xp.dtype) if t.is_floating_point() else t, y)
+        return y
 
     def _run_tail(self, maps, ho, wo):
         """Gather each output pixel's features from the dense maps and finish it per patch."""
@@ -148,15 +156,22 @@ def valid_output_strides(gm, values, patch_size) -> list[int]:
 
 def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str = "constant",
             pad_value: float = 0.0, in_channels: int | None = None,
-            optimize: bool | Optimizations = True) -> DenseClassifier:
+            optimize: bool | Optimizations = True, precision: str | None = None) -> DenseClassifier:
     """The dense network of a patch classifier: output [n, :, m, k] == model(patch of (m*s, k*s))[n].
 
     optimize: True (default) applies every exact speed rewrite (channels_last end to end, batch
     norm folded into convolutions, identity windows dropped); False keeps the plain converted
     graph (debugging, or an exporter that refuses the rewrite); `fcnseg.Optimizations(...)`
     chooses (and adds torch.compile or a thread count).
+
+    precision: None (default) runs in the caller's context (its autocast and float32 flags);
+    "fp32" (IEEE: no TF32 on CUDA, strict oneDNN), "tf32" (CUDA), "bf16", "fp16" (CUDA) or
+    "auto" run every forward in that mode (fcnseg.runtime.precision; auto is resolved per call
+    from the input's device) and return scores in the input's dtype.
     """
     options = Optimizations.resolve(optimize)
+    if precision is not None:
+        check_precision("precision", precision)        # a misspelt name fails here, not at the first call
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     patch_size = resolve_patch_size(model, patch_size)
@@ -177,7 +192,7 @@ def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str
         raise type(exc)(f"{exc}. Patch sizes near {patch_size} that work: {near}") from None
     geo = build_geometry(conv, patch_size, c, s)
     return DenseClassifier(model, optimize_body(body, options), patch_size, s, pad_mode, pad_value, geo,
-                           conv.unsafe, conv.num_classes, tail, conv.tail_inputs, options)
+                           conv.unsafe, conv.num_classes, tail, conv.tail_inputs, options, precision)
 
 
 def geometry(model: nn.Module, patch_size=None, *, in_channels: int | None = None, output_stride=1) -> Geometry:

@@ -30,6 +30,45 @@ def test_verify_passes(overrides, capsys):
     assert "PASS" in capsys.readouterr().out
 
 
+def test_verify_settings_match_their_yaml():
+    import yaml
+
+    from fcnseg.settings import SettingsError, defaults
+    tool = _tool()
+    yaml_values = yaml.safe_load((ROOT / "conf" / "verify" / "verify.yaml").read_text())
+    yaml_values = {k: v for k, v in yaml_values.items() if k not in ("defaults", "hydra")}
+    assert yaml_values == defaults(tool.VerifySettings)
+    assert tool.settings_from(_cfg()) == tool.VerifySettings()
+    with pytest.raises(SettingsError, match="unknown setting"):
+        tool.settings_from({"modle": "toy"})
+    with pytest.raises(SettingsError, match="precision: got 'half'"):
+        tool.VerifySettings(precision="half")
+
+
+def test_verify_reports_reduced_precision_by_labels_never_as_exact(capsys):
+    tool = _tool()
+    with pytest.raises(ValueError, match="set dtype=float32"):
+        tool.verify(_cfg("precision=bf16"))
+    assert tool.verify(_cfg("precision=bf16", "dtype=float32", "pixels=all"))
+    out = capsys.readouterr().out
+    assert "bf16 is reduced precision, not exact: labels agree" in out and "PASS (label agreement, bf16)" in out
+    assert "tolerance" not in out
+
+
+def test_verify_image_uses_the_library_normalisation(tmp_path, monkeypatch):
+    from fcnseg.data.base import default_mean_std
+    from helpers import random_image, save
+    tool = _tool()
+    path = save(tmp_path / "x.png", random_image(20, 18))
+    seen = {}
+    import fcnseg.data.io as io
+    real = io.prepare_image
+    monkeypatch.setattr(io, "prepare_image", lambda img, c, mean, std: seen.update(mean=mean, std=std)
+                        or real(img, c, mean, std))
+    x = tool.load_input(tool.VerifySettings(image=str(path)), 3, {}, __import__("torch").float64)
+    assert x.shape == (1, 3, 20, 18) and (seen["mean"], seen["std"]) == default_mean_std(3)
+
+
 def test_verify_reports_fail_with_impossible_tolerance(capsys):
     assert not _tool().verify(_cfg("tolerance=-1"))
     assert "FAIL" in capsys.readouterr().out

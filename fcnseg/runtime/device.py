@@ -119,3 +119,15 @@ def all_reduce_mean(value: float, env: DistEnv) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=env.device)
     dist.all_reduce(t)
     return float(t) / env.world_size
+
+
+def device_memory_budget_mb(device: torch.device | str, fraction: float = 0.5) -> float | None:
+    """Megabytes one pass may use on ``device``: ``fraction`` of the memory free on a CUDA device
+    right now (torch.cuda.mem_get_info, so other processes' use counts), leaving the rest to
+    cuDNN's workspaces and the caching allocator. None on other devices: a CPU's budget is a
+    setting (memory_mb), since its free memory says little about what a pass may take."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return fraction * free / 2 ** 20

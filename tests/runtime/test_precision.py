@@ -1,0 +1,98 @@
+"""The precision rule: names resolve per device, flags are set and restored, reduced precision
+is never called exact, and the dense network under bf16 keeps its labels."""
+import pytest
+import torch
+
+import fcnseg
+from fcnseg.runtime import precision as prec
+from fcnseg.settings import PRECISIONS
+from helpers import alexnet_like
+
+
+def test_every_setting_value_resolves_or_names_the_fix_on_cpu():
+    assert prec.PRECISIONS == PRECISIONS
+    assert prec.resolve_precision("fp32", "cpu").autocast_dtype is None
+    assert prec.resolve_precision("bf16", "cpu").autocast_dtype is torch.bfloat16
+    for cuda_only in ("tf32", "fp16"):
+        with pytest.raises(ValueError, match=f"precision={cuda_only}.*use precision=fp32"):
+            prec.resolve_precision(cuda_only, "cpu")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32"):
+        prec.resolve_precision("half", "cpu")
+
+
+def test_auto_on_cpu_is_bf16_only_where_it_is_native(monkeypatch):
+    monkeypatch.setattr(prec, "cpu_native_bf16", lambda: True)
+    p = prec.resolve_precision("auto", "cpu")
+    assert (p.name, p.requested, p.exact) == ("bf16", "auto", False)
+    monkeypatch.setattr(prec, "cpu_native_bf16", lambda: False)
+    assert prec.resolve_precision("auto", "cpu").name == "fp32"
+
+
+def test_native_bf16_needs_the_cpu_flags(monkeypatch):
+    prec.cpu_native_bf16.cache_clear()
+    monkeypatch.setattr(prec, "cpu_flags", lambda: {"avx2", "fma"})
+    try:
+        assert not prec.cpu_native_bf16()            # oneDNN's answer alone is not enough
+    finally:
+        prec.cpu_native_bf16.cache_clear()
+
+
+def test_context_sets_ieee_and_restores_every_flag():
+    before = prec.float32_math_state()
+    with prec.precision_context("fp32", "cpu") as p:
+        inside = prec.float32_math_state()
+        assert p.name == "fp32" and not torch.is_autocast_enabled("cpu")
+    assert inside["tf32"] is False
+    assert all(v == "ieee" for k, v in inside.items() if k.startswith(("cuda.", "cudnn.", "mkldnn.")))
+    assert prec.float32_math_state() == before
+
+
+def test_tf32_flags_can_be_set_without_a_gpu_and_are_restored():
+    before = prec.float32_math_state()
+    restore = prec._saved_float32_math()
+    try:
+        prec._set_float32_math("tf32")
+        state = prec.float32_math_state()
+        assert state["tf32"] is True and state["cuda.matmul"] == "tf32"
+        assert state.get("mkldnn.conv", "ieee") == "ieee"     # oneDNN stays strict
+    finally:
+        restore()
+    assert prec.float32_math_state() == before
+
+
+def test_bf16_context_autocasts_and_nests():
+    with prec.precision_context("bf16", "cpu"):
+        assert torch.get_autocast_dtype("cpu") is torch.bfloat16 and torch.is_autocast_enabled("cpu")
+        with prec.precision_context("fp32", "cpu"):
+            assert not torch.is_autocast_enabled("cpu")
+        assert torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")
+    with prec.precision_context(None) as p:
+        assert p is None
+
+
+def test_old_boolean_amp_form_maps_to_the_rule(monkeypatch):
+    monkeypatch.setattr(prec, "cpu_native_bf16", lambda: False)
+    assert prec.amp_dtype("cpu", True) is None and prec.amp_dtype("cpu", False) is None
+    assert prec.amp_dtype("cpu", "bf16") is torch.bfloat16
+    assert not prec.grad_scaler("cpu", prec.resolve_precision("bf16", "cpu")).is_enabled()
+
+
+def test_densify_precision_argument_runs_bf16_and_returns_float32_scores():
+    torch.manual_seed(0)
+    model = alexnet_like().eval()
+    x = torch.randn(1, 3, 30, 26)
+    ref = fcnseg.patchwise(model.double(), x.double(), 83)
+    model.float()
+    exact = fcnseg.densify(model, 83, precision="fp32")
+    fast = fcnseg.densify(model, 83, precision="bf16")
+    with torch.inference_mode():
+        a, b = exact(x), fast(x)
+    assert a.dtype == b.dtype == torch.float32
+    scale = ref.abs().max()
+    assert ((a.double() - ref).abs().max() / scale) < 1e-5                  # IEEE fp32
+    err = ((b.double() - ref).abs().max() / scale).item()
+    assert 1e-5 < err < 5e-2                                                   # bf16: visibly not exact
+    assert (b.argmax(1) == ref.argmax(1)).float().mean() > 0.9
+    with pytest.raises(ValueError, match="precision: got 'int8'; choose one of auto, fp32"):
+        fcnseg.densify(model, 83, precision="int8")
