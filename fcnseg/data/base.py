@@ -38,6 +38,26 @@ def default_mean_std(in_channels: int) -> tuple[list[float], list[float]]:
     )
 
 
+def resolve_mean_std(mean: Sequence[float] | None, std: Sequence[float] | None, in_channels: int,
+                     source: str = "", fallback: Callable[[], tuple[Sequence[float], Sequence[float]]] | None = None,
+                     ) -> tuple[list[float], list[float]]:
+    """The normalisation of an ``in_channels`` dataset: the given ``mean``/``std``, each one left
+    None taken from ``fallback()`` (default: :func:`default_mean_std`), checked to hold one
+    value per channel and a positive std. The one place every dataset and the training run
+    settle their statistics."""
+    if mean is None or std is None:
+        fmean, fstd = fallback() if fallback is not None else default_mean_std(in_channels)
+        mean = fmean if mean is None else mean
+        std = fstd if std is None else std
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise DatasetError(f"{source}: mean/std need {in_channels} values (one per channel); "
+                           f"got mean={mean} std={std}")
+    if any(s <= 0 for s in std):
+        raise DatasetError(f"{source}: std must be positive; got {std}")
+    return mean, std
+
+
 class Sample(NamedTuple):
     image: Path
     mask: Path
@@ -75,6 +95,7 @@ class SegmentationDataset(Dataset):
     """
 
     ignore_index: int = 255
+    task = "segmentation"  # what training does with this kind of data (fcnseg.train's task registry)
 
     def __init__(
         self,
@@ -110,17 +131,7 @@ class SegmentationDataset(Dataset):
             raise DatasetError(f"{source}: palette must hold {num_classes} [r, g, b] triples; "
                                f"got {len(self.palette)} entries")
         self.in_channels = int(in_channels)
-        if mean is None or std is None:
-            dmean, dstd = default_mean_std(self.in_channels)
-            mean = dmean if mean is None else mean
-            std = dstd if std is None else std
-        self.mean = [float(m) for m in mean]
-        self.std = [float(s) for s in std]
-        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
-            raise DatasetError(f"{source}: mean/std need {self.in_channels} values (one per channel); "
-                               f"got mean={self.mean} std={self.std}")
-        if any(s <= 0 for s in self.std):
-            raise DatasetError(f"{source}: std must be positive; got {self.std}")
+        self.mean, self.std = resolve_mean_std(mean, std, self.in_channels, source)
         self.ignore_index = int(ignore_index)
         self.transform = transform
         self.label_map = label_map  # (256,) uint8 lookup table from stored labels to training labels, or None

@@ -1,5 +1,5 @@
-"""Dataset entry points: the four layouts, a builder by name, a full-scan validator and
-normalisation statistics."""
+"""Dataset entry points: the layouts by name (four of labelled images, one of labelled
+patches), a builder by name, a full-scan validator and normalisation statistics."""
 from __future__ import annotations
 
 import os
@@ -14,28 +14,40 @@ from .cityscapes import CityscapesDataset
 from .errors import DatasetError
 from .folder import FolderDataset
 from .io import read_image, to_channels, to_float
+from .patches import PatchFolderDataset
 from .voc import VOCDataset
 
 __all__ = [
     "SegmentationDataset", "FolderDataset", "VOCDataset", "CityscapesDataset", "ADE20KDataset",
-    "DATASETS", "build_dataset", "validate_dataset", "DatasetReport", "compute_mean_std",
+    "PatchFolderDataset", "DATASETS", "dataset_class", "build_dataset", "validate_dataset", "DatasetReport",
+    "compute_mean_std",
 ]
 
-DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
+# kind -> class; each class's ``task`` says what training makes of it: "segmentation" (images
+# with label masks) or "patches" (labelled patches that train a patch classifier)
+DATASETS: dict[str, Callable[..., Any]] = {
     "folder": FolderDataset,
     "voc": VOCDataset,
     "cityscapes": CityscapesDataset,
     "ade20k": ADE20KDataset,
+    "patches": PatchFolderDataset,
 }
 
 
-def build_dataset(kind: str, root: str | os.PathLike, split: str, **kw: Any) -> SegmentationDataset:
-    """``kind`` in ``DATASETS``; extra keywords go to the class (``transform`` for all; ``num_classes``,
-    ``in_channels``, ``class_names``, ``mean``, ``std``, ``palette``, ``ignore_index`` for ``folder``)."""
+def dataset_class(kind: str) -> type:
+    """The class registered for ``kind``; an unknown kind is an error that lists the kinds."""
     if kind not in DATASETS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[kind]
+
+
+def build_dataset(kind: str, root: str | os.PathLike, split: str, **kw: Any):
+    """``kind`` in ``DATASETS``; extra keywords go to the class (``transform`` for all; ``num_classes``,
+    ``in_channels``, ``class_names``, ``mean``, ``std``, ``palette``, ``ignore_index`` for ``folder``;
+    ``patch_size``, ``in_channels``, ``class_names``, ``mean``, ``std`` for ``patches``)."""
+    cls = dataset_class(kind)
     try:
-        return DATASETS[kind](root, split, **kw)
+        return cls(root, split, **kw)
     except TypeError as e:
         raise TypeError(f"dataset {kind!r}: {e}") from None
 

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from fcnseg.data.palette import default_palette
 
-from .base import default_mean_std, require_dir
+from .base import require_dir, resolve_mean_std
 from .errors import DatasetError, ImageReadError
 from .folder import list_images
 from .io import normalize, read_image, to_channels, to_float
@@ -78,6 +78,7 @@ class PatchFolderDataset(Dataset):
     """
 
     ignore_index = 255  # a checkpoint field; every patch is labelled
+    task = "patches"  # trains a patch classifier (fcnseg.train's task registry)
 
     def __init__(
         self,
@@ -144,15 +145,7 @@ class PatchFolderDataset(Dataset):
         self.in_channels = int(in_channels) if in_channels is not None else (3 if colour else 1)
         if self.in_channels not in (1, 3):
             raise DatasetError(f"{split_dir}: in_channels must be 1 (gray) or 3 (colour); got {self.in_channels}")
-        if mean is None or std is None:
-            dmean, dstd = default_mean_std(self.in_channels)
-            mean = dmean if mean is None else mean
-            std = dstd if std is None else std
-        self.mean = [float(v) for v in mean]
-        self.std = [float(v) for v in std]
-        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
-            raise DatasetError(f"{split_dir}: mean/std need {self.in_channels} values (one per channel); "
-                               f"got mean={self.mean} std={self.std}")
+        self.mean, self.std = resolve_mean_std(mean, std, self.in_channels, str(split_dir))
         self.palette = [list(map(int, c)) for c in palette] if palette is not None \
             else default_palette(self.num_classes)
         self.transform = transform

@@ -7,14 +7,26 @@ activation memory of the step. Parameters, gradients and optimiser moments add t
 own bytes. Time is FLOPs over this device's measured rate on a convolution of the kind
 the dense networks run (a one-off probe of a few tens of milliseconds); the first real
 step is then compared with the estimate in the log.
+
+`check_training_step` holds a run to its memory limit before the first step: it estimates
+the step of the run's settings and, when that does not fit, searches the settings that
+would (a smaller batch, a larger output stride, a narrower network), cheapest change first.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from fcnseg.checkpoint import build_model, model_spec
+from fcnseg.dense import densify, freeze_batchnorm
+from fcnseg.train.errors import TrainingError
+from fcnseg.train.networks import padding_of
 
 MIB = 2 ** 20
 
@@ -38,11 +50,12 @@ class StepCost:
     def summary(self):
         return (f"step cost ({self.detail}): {self.flops / 1e9:.1f} GFLOP forward+backward, "
                 f"{self.activation_bytes / MIB:.0f} MiB activations + {self.state_bytes / MIB:.0f} MiB "
-                f"weights/gradients/optimiser state; expected {_duration(self.seconds)} per step "
+                f"weights/gradients/optimiser state; expected {duration(self.seconds)} per step "
                 f"at the measured {self.rate / 1e9:.0f} GFLOP/s")
 
 
-def _duration(s):
+def duration(s):
+    """Seconds as a reader wants them: "0.42 s" or "3.5 min"."""
     return f"{s:.2f} s" if s < 60 else f"{s / 60:.1f} min"
 
 
@@ -147,3 +160,108 @@ def patch_chunk(per_patch_bytes, budget_mb, device):
     else:
         budget = float(budget_mb) * MIB
     return max(1, int(budget // max(per_patch_bytes, 1)))
+
+
+# ------------------------------------------------------------------- a run's training step
+@dataclass
+class StepSetup:
+    """What the cost of a training step on images depends on besides its networks."""
+    shape: tuple                 # (N, C, H, W) of one training batch
+    method: str                  # dense | patch
+    patch_size: tuple | None     # None: an already dense network
+    optimizer: str
+    sample_fraction: float
+    patch_memory_mb: Any
+    channels_last: bool
+    device: torch.device
+
+
+def training_step_cost(train_net, model, stride, setup: StepSetup):
+    """(StepCost, patches per micro-batch or None) of one step of `train_net` (the dense net at
+    output `stride`, or the classifier for the patch method) over a batch of setup.shape."""
+    n, c, h, w = setup.shape
+    x = torch.empty(setup.shape, device=setup.device)
+    if setup.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    detail = f"{n} images of {h}x{w}, {setup.method}"
+    if setup.method == "dense":
+        if setup.patch_size is not None:
+            detail += f", output stride {stride}"
+        return dense_step_cost(train_net, model, x, setup.optimizer, setup.device, detail), None
+    patch = torch.empty(1, c, *setup.patch_size, device=setup.device)
+    grid = math.ceil(h / stride) * math.ceil(w / stride)
+    per_step = max(1, round(n * grid * setup.sample_fraction))
+    _, per_patch = patch_cost(model, patch, setup.device)
+    chunk = patch_chunk(per_patch, setup.patch_memory_mb, setup.device)
+    return patch_step_cost(model, patch, per_step, chunk, setup.optimizer, setup.device,
+                           detail + f", up to {per_step} patches in micro-batches of {chunk}"), chunk
+
+
+def memory_limit_bytes(limit_mb, device):
+    """The memory a run may use: trainer.memory_limit_mb, or 90% of the free memory (auto)."""
+    return 0.9 * free_memory_bytes(device) if limit_mb == "auto" else limit_mb * MIB
+
+
+def settings_that_fit(settings, nets, setup: StepSetup, step: StepCost, limit):
+    """Settings assignments that bring the step under `limit` bytes, cheapest change first:
+    a smaller batch, a larger output stride, a narrower zoo network."""
+    out = []
+    shape = setup.shape
+    per_image = step.activation_bytes / shape[0]
+    for b in (shape[0] // 2, shape[0] // 4, 1):
+        if b >= 1 and per_image * b + step.state_bytes <= limit:
+            out.append(f"trainer.batch_size={b}")
+            break
+    if setup.method != "dense" or nets.patch_size is None:
+        return out
+    from fcnseg.convert.errors import OutputStrideError
+    pad = padding_of(settings.model)
+    for s in (nets.stride * 2, nets.stride * 4, nets.stride * 8):
+        try:
+            net = densify(nets.model, nets.patch_size, output_stride=s, **pad)
+        except OutputStrideError:
+            continue
+        if training_step_cost(net, nets.model, s, setup)[0].memory_bytes <= limit:
+            out.append(f"trainer.output_stride={s}")
+            break
+    if settings.model.builder == "zoo":
+        width = float(settings.model.kwargs.get("width_mult", 1.0))
+        num_classes, in_channels = nets.spec["kwargs"]["num_classes"], nets.spec["kwargs"]["in_channels"]
+        for f in (0.5, 0.25):
+            mcfg = dataclasses.asdict(settings.model)
+            mcfg["kwargs"] = dict(mcfg["kwargs"], width_mult=width * f)
+            try:
+                m = build_model(model_spec(mcfg, num_classes, in_channels))
+                freeze_batchnorm(m)
+                net = densify(m, m.patch_size, output_stride=nets.stride, **pad)
+            except Exception:  # noqa: BLE001  a width the family cannot build
+                continue
+            if training_step_cost(net, m, nets.stride, setup)[0].memory_bytes <= limit:
+                out.append(f"model.kwargs.width_mult={width * f:g}")
+                break
+    return out
+
+
+def check_training_step(settings, nets, setup: StepSetup, total_steps, log):
+    """(StepCost, patches per micro-batch or None) of the run's step, logged; a TrainingError
+    with the settings that fit when it needs more memory than the limit, a warning when it
+    would take over a minute on a CPU."""
+    step, chunk = training_step_cost(nets.train_net, nets.model, nets.stride, setup)
+    log(step.summary())
+    device = setup.device
+    limit = memory_limit_bytes(settings.trainer.memory_limit_mb, device)
+    if step.memory_bytes > limit:
+        fixes = settings_that_fit(settings, nets, setup, step, limit)
+        raise TrainingError(
+            f"one training step needs about {step.memory_bytes / MIB:.0f} MiB "
+            f"({step.summary()}), more than the {limit / MIB:.0f} MiB available on "
+            f"{device}. Settings estimated to fit: "
+            f"{'; '.join(fixes) if fixes else 'none found, use a smaller network'}",
+            fixes=fixes)
+    if device.type == "cpu" and step.seconds > 60:
+        log(f"warning: one step is expected to take {duration(step.seconds)} on this "
+            f"CPU, the run ({total_steps} steps) about "
+            f"{duration(step.seconds * total_steps)}; a GPU "
+            f"(trainer.device=cuda), a larger output stride, a smaller batch or a "
+            f"narrower network (model.kwargs.width_mult) is faster")
+    return step, chunk

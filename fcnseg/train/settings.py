@@ -16,11 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from fcnseg.settings import SettingsError
-from fcnseg.settings import build_section as _build
-from fcnseg.settings import check_auto_or_positive as _auto_or_positive
-from fcnseg.settings import check_choice as _check_choice
-from fcnseg.settings import check_positive as _check_positive
+from fcnseg.settings import SettingsError, build_section, check_auto_or_positive, check_choice, check_positive
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -48,23 +44,23 @@ class TrainerSettings:
     grid_images: int = 4          # validation images in val_grid.png
 
     def __post_init__(self):
-        _check_choice("trainer.method", self.method, ("dense", "patch"))
-        _auto_or_positive("trainer.steps", self.steps)
-        _check_positive("trainer.epochs", self.epochs, allow_none=True)
-        _check_positive("trainer.max_steps", self.max_steps, allow_none=True)
-        _check_positive("trainer.eval_every", self.eval_every)
-        _check_choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
-        _check_choice("trainer.amp", self.amp, ("auto", True, False))
-        _check_choice("trainer.channels_last", self.channels_last, ("auto", True, False))
-        _auto_or_positive("trainer.output_stride", self.output_stride)
+        check_choice("trainer.method", self.method, ("dense", "patch"))
+        check_auto_or_positive("trainer.steps", self.steps)
+        check_positive("trainer.epochs", self.epochs, allow_none=True)
+        check_positive("trainer.max_steps", self.max_steps, allow_none=True)
+        check_positive("trainer.eval_every", self.eval_every)
+        check_choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("trainer.amp", self.amp, ("auto", True, False))
+        check_choice("trainer.channels_last", self.channels_last, ("auto", True, False))
+        check_auto_or_positive("trainer.output_stride", self.output_stride)
         if not 0.0 < float(self.sample_fraction) <= 1.0:
             raise SettingsError("trainer.sample_fraction", f"must be in (0, 1], got {self.sample_fraction}")
-        _check_positive("trainer.batch_size", self.batch_size)
-        _check_positive("trainer.val_batch_size", self.val_batch_size)
+        check_positive("trainer.batch_size", self.batch_size)
+        check_positive("trainer.val_batch_size", self.val_batch_size)
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise SettingsError("trainer.num_workers", f"must be >= 0, got {self.num_workers!r}")
-        _auto_or_positive("trainer.patch_memory_mb", self.patch_memory_mb, float)
-        _auto_or_positive("trainer.memory_limit_mb", self.memory_limit_mb, float)
+        check_auto_or_positive("trainer.patch_memory_mb", self.patch_memory_mb, float)
+        check_auto_or_positive("trainer.memory_limit_mb", self.memory_limit_mb, float)
         if not isinstance(self.grid_images, int) or self.grid_images < 0:
             raise SettingsError("trainer.grid_images", f"must be >= 0, got {self.grid_images!r}")
 
@@ -80,8 +76,8 @@ class ModelSettings:
     pad_value: float = 0.0        # for pad_mode=constant, in normalised units (0 = the dataset mean)
 
     def __post_init__(self):
-        _check_choice("model.builder", self.builder, ("zoo", "smp"))
-        _check_choice("model.pad_mode", self.pad_mode, ("constant", "reflect", "replicate"))
+        check_choice("model.builder", self.builder, ("zoo", "smp"))
+        check_choice("model.pad_mode", self.pad_mode, ("constant", "reflect", "replicate"))
         self.pad_value = float(self.pad_value)
 
 
@@ -217,13 +213,13 @@ class TrainSettings:
         known = {f.name for f in dataclasses.fields(DataSettings)} - {"options"}
         options = {k: data.pop(k) for k in list(data) if k not in known}
         return cls(
-            model=_build("model", ModelSettings, cfg["model"]),
-            data=_build("data", DataSettings, dict(data, options=options)),
+            model=build_section("model", ModelSettings, cfg["model"]),
+            data=build_section("data", DataSettings, dict(data, options=options)),
             optim=_named("optim", OPTIMIZERS, cfg.get("optim"), "adamw"),
             sched=_named("sched", SCHEDULES, cfg.get("sched"), "cosine"),
             loss=_named("loss", LOSSES, cfg.get("loss"), "ce"),
-            aug=_build("aug", AugSettings, cfg.get("aug") or {}),
-            trainer=_build("trainer", TrainerSettings, cfg.get("trainer") or {}),
+            aug=build_section("aug", AugSettings, cfg.get("aug") or {}),
+            trainer=build_section("trainer", TrainerSettings, cfg.get("trainer") or {}),
             resume=cfg.get("resume", False))
 
     def to_dict(self) -> dict:
@@ -233,8 +229,8 @@ class TrainSettings:
 def _named(group, table, values, default):
     values = dict(values or {"name": default})
     name = values.get("name", default)
-    _check_choice(f"{group}.name", name, tuple(table))
-    out = _build(group, table[name], values)
+    check_choice(f"{group}.name", name, tuple(table))
+    out = build_section(group, table[name], values)
     if hasattr(out, "betas"):
         out.betas = tuple(out.betas)
     return out

@@ -12,8 +12,8 @@ import contextlib
 
 import torch
 
-import fcnseg
 from fcnseg.ops import pad_image
+from fcnseg.patch import crop_patches
 
 
 def dense_logits(net, images, pixels, stride=1):
@@ -47,7 +47,7 @@ class _Cropper:
         if n not in self.padded:
             self.padded = {n: pad_image(self.images[n:n + 1], self.patch_size, self.pad_mode,
                                         self.pad_value)}
-        return fcnseg.crop_patches(self.images[n:n + 1], p, self.patch_size,
+        return crop_patches(self.images[n:n + 1], p, self.patch_size,
                                    padded=self.padded[n])  # (m, C, P, Q)
 
 

@@ -14,7 +14,7 @@ from fcnseg.data.io import prepare_image, read_image
 from fcnseg.infer import InferenceSettings, load_predictor, run_inference
 from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.train import TrainingError
-from fcnseg.train.classify import train_classifier
+from fcnseg.train.classify import PatchClassificationTask
 from fcnseg.zoo.patchnets import PATCHNET, _patch_size, patchnet_layers
 
 from helpers import compose, save_gray
@@ -99,7 +99,7 @@ def _settings(root, *extra):
 @pytest.fixture(scope="module")
 def trained(patch_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("classify_run")
-    return out, train_classifier(_settings(patch_root), out)
+    return out, fcnseg.train.run(_settings(patch_root), out)
 
 
 def test_training_writes_accuracy_and_the_confusion_matrix(trained):
@@ -121,28 +121,27 @@ def test_training_writes_accuracy_and_the_confusion_matrix(trained):
     assert raw["model"]["kwargs"]["patch_size"] == P and raw["method"] == "classify"
 
 
-def test_the_tool_dispatches_patch_data_to_the_classifier(patch_root, tmp_path):
+def test_the_run_dispatches_patch_data_to_the_classifier(patch_root, tmp_path):
     metrics = fcnseg.train.run(_settings(patch_root, "trainer.steps=2", "trainer.eval_every=2"), tmp_path)
     assert "confusion_matrix" in metrics and (tmp_path / "best.pt").is_file()
 
 
 def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(patch_root, tmp_path, monkeypatch):
-    import fcnseg.train.classify as classify
     settings = _settings(patch_root, "trainer.steps=9", "trainer.eval_every=3", "trainer.deterministic=true")
-    train_classifier(settings, tmp_path / "full")
-    step = classify._ClassifierRun._train_step
+    fcnseg.train.run(settings, tmp_path / "full")
+    step = PatchClassificationTask.step
 
-    def then_sigterm(self, batch):  # a SIGTERM arriving during step 4 (of 6 per epoch)
-        loss = step(self, batch)
-        if self.step == 4:
-            self.stop.signum = signal.SIGTERM
+    def then_sigterm(self, run, *batch):  # a SIGTERM arriving during step 4 (of 6 per epoch)
+        loss = step(self, run, *batch)
+        if run.step == 4:
+            run.stop.signum = signal.SIGTERM
         return loss
-    monkeypatch.setattr(classify._ClassifierRun, "_train_step", then_sigterm)
-    stopped = train_classifier(settings, tmp_path / "part")
+    monkeypatch.setattr(PatchClassificationTask, "step", then_sigterm)
+    stopped = fcnseg.train.run(settings, tmp_path / "part")
     assert stopped == {"interrupted": True, "step": 4, "run_dir": str(tmp_path / "part"),
                        "signal": signal.SIGTERM}
     monkeypatch.undo()
-    resumed = train_classifier(dict(settings, resume=True), tmp_path / "part")
+    resumed = fcnseg.train.run(dict(settings, resume=True), tmp_path / "part")
     assert resumed["confusion_matrix"] == json.loads((tmp_path / "full" / "metrics.json").read_text())[
         "confusion_matrix"]
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
@@ -154,13 +153,13 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(patch_root
 
 def test_a_model_of_another_patch_size_is_refused_with_the_sizes(patch_root, tmp_path):
     with pytest.raises(TrainingError) as e:
-        train_classifier(_settings(patch_root, "model=lenet5"), tmp_path)
+        fcnseg.train.run(_settings(patch_root, "model=lenet5"), tmp_path)
     side = fcnseg.zoo.create("lenet5", 3, in_channels=1).patch_size[0]
     msg = str(e.value)
     assert f"classifies {side}x{side}" in msg and f"are {P}x{P}" in msg and "never resized" in msg
     assert e.value.fixes == ["model=patchnet"]
     with pytest.raises(TrainingError, match="classifies 20x20 .* model.kwargs.patch_size"):
-        train_classifier(_settings(patch_root, "+model.kwargs.patch_size=20"), tmp_path)
+        fcnseg.train.run(_settings(patch_root, "+model.kwargs.patch_size=20"), tmp_path)
 
 
 def test_checkpoint_labels_whole_images_exactly_as_the_patch_classifier(trained, tmp_path):

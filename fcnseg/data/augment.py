@@ -1,6 +1,10 @@
-"""Augmentation settings -> the albumentations pipeline; the model comes from
-fcnseg.models, the optimiser and its schedule from fcnseg.train.schedule.
+"""Augmentation settings -> the albumentations pipeline a dataset applies to each sample.
+
+The settings are a list of albumentations transforms by class name with their keyword
+arguments (conf/aug/*.yaml); the pipeline runs jointly on the decoded uint8/uint16 image
+and its mask, before the dataset scales and normalises them (see SegmentationDataset).
 """
+from __future__ import annotations
 
 
 def build_transform(aug_cfg):
@@ -8,12 +12,12 @@ def build_transform(aug_cfg):
     applied jointly to the uint8 image and its mask (None when the list is empty)."""
     import albumentations as A
     items = (aug_cfg or {}).get("transforms") or []
-    ts = []
+    transforms = []
     for item in items:
         item = dict(item)
         name = item.pop("name")
         cls = getattr(A, name, None)
         if cls is None or not isinstance(cls, type):
             raise ValueError(f"aug: albumentations has no transform {name!r}")
-        ts.append(cls(**item))
-    return A.Compose(ts) if ts else None
+        transforms.append(cls(**item))
+    return A.Compose(transforms) if transforms else None

@@ -1,18 +1,12 @@
-"""What every training run does around its steps, written once for the dense/patch
-trainer (trainer.Trainer) and the classifier trainer on labelled patches
-(classify._ClassifierRun).
+"""What every training run does around its task's steps.
 
 A run counts optimiser steps (schedule.StepPlan), validates and checkpoints every
 `eval_every` steps, stops on SIGTERM/SIGINT at the next step boundary (signals.py; a
 command line run abandons a step still busy after the grace period and exits with
 128 + the signal) and resumes from last.pt to the weights of an uninterrupted run: the
 batch order, the augmentation and the random state depend only on the seed, the epoch
-and the step.
-
-A subclass builds its data, model and loaders, then calls _build_optimisation and
-_resume, and fills in the hooks: _run_step (one optimiser step), _validate (the history
-row of a validation), _pictures, _checkpoint_meta, _check_resumable, _run_summary,
-_final_report, and _train_mode / _before_steps where it needs more than the defaults.
+and the step. What depends on the kind of data (datasets, model, one step, a
+validation, the report) is the task's (task.Task).
 """
 from __future__ import annotations
 
@@ -22,84 +16,70 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from fcnseg import runtime
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
 from fcnseg.train import report
+from fcnseg.train.errors import TrainingError
+from fcnseg.train.loaders import epoch_seed, seed_transform
 from fcnseg.train.losses import PixelLoss, auto_class_weights
-from fcnseg.train.schedule import build_optimizer, build_scheduler
+from fcnseg.train.schedule import StepPlan, build_optimizer, build_scheduler
 from fcnseg.train.signals import StopRequest, run_stoppable
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (diverged loss, a step that cannot fit, a missing checkpoint).
-
-    fixes: settings assignments that would make it work ("trainer.output_stride=4"), by the
-    settings' dotted names; continue_in: the run directory whose last.pt resumes the run.
-    A command line front end turns both into its own syntax."""
-
-    def __init__(self, message, fixes=(), continue_in=None):
-        super().__init__(message)
-        self.fixes, self.continue_in = list(fixes), continue_in
-
-
-def _epoch_seed(seed, epoch):
-    return seed * 100_003 + epoch
-
-
-def _seed_transform(dataset, seed):
-    tr = getattr(dataset, "transform", None)
-    if tr is not None and hasattr(tr, "set_random_seed"):
-        tr.set_random_seed(seed % 2**32)
-
-
-def _worker_init(worker_id):
-    """Each worker gets its own augmentation stream (copies would repeat the same draws)."""
-    _seed_transform(torch.utils.data.get_worker_info().dataset, torch.initial_seed())
+from fcnseg.train.task import check_task
 
 
 class TrainingRun:
-    """The skeleton of a run. A subclass sets train_ds, val_ds, model, spec, plan and
-    train_loader (whose sampler draws from self.gen) before _build_optimisation."""
+    """One run of `task_class` (a task.Task) as `settings` (TrainSettings) say, writing into
+    run_dir; env: the process's runtime.DistEnv."""
 
-    SCORE = "miou"  # the validation metric whose best value best.pt keeps
-
-    def __init__(self, settings, run_dir: Path, env):
-        self.s, self.run_dir, self.env = settings, run_dir, env
-        t = self.t = settings.trainer
+    def __init__(self, task_class, settings, run_dir: Path, env):
+        self.settings, self.run_dir, self.env = settings, run_dir, env
+        self.trainer = trainer = settings.trainer
         self.log = print if env.main else (lambda *a, **k: None)
-        runtime.configure_determinism(t.deterministic, env.device)
-        runtime.seed_all(t.seed)
+        task_class.check_environment(env)
+        runtime.configure_determinism(trainer.deterministic, env.device)
+        runtime.seed_all(trainer.seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.gen = torch.Generator()  # reseeded every epoch: it fixes batch order and worker seeds
         self.step, self.best, self.history = 0, -1.0, []
         self.resumed_rng, self.safe_rng = None, None
         self.stop = StopRequest()
+        self.task = check_task(task_class(settings, env, self.gen, self.log))
+        self.plan = StepPlan.from_settings(trainer, len(self.task.train_loader))
+        auto_weights = self._build_optimisation(self.task.class_counts)
+        if auto_weights is not None:
+            self.log("class weights: " + " ".join(f"{w:.2f}" for w in auto_weights))
+        if settings.resume:
+            self._resume(settings.resume)
+        self.step_cost = self.task.estimate_step(self)
+        self.first_step_logged = False
 
     @property
     def _best_key(self):
-        return f"best_{self.SCORE}"
+        return f"best_{self.task.SCORE}"
 
-    def _build_optimisation(self, class_pixels):
-        """Optimiser, schedule, mixed precision and loss of self.model over self.plan.
-        Returns the class weights that class_weights=auto computed from class_pixels
+    def _build_optimisation(self, class_counts):
+        """Optimiser, schedule, mixed precision and loss of the task's model over self.plan.
+        Returns the class weights that class_weights=auto computed from class_counts
         (the training split's pixels or patches per class), else None."""
-        s, device = self.s, self.env.device
-        self.optimizer = build_optimizer(s.optim, self.model.parameters())
+        s, device = self.settings, self.env.device
+        self.optimizer = build_optimizer(s.optim, self.task.model.parameters())
         self.scheduler = build_scheduler(s.sched, self.optimizer, self.plan.total_steps)
         self.amp_dtype = runtime.amp_dtype(device, s.trainer.amp)
         self.scaler = runtime.grad_scaler(device, self.amp_dtype)
         loss = dataclasses.asdict(s.loss)
         auto_weights = None
         if loss.get("class_weights") == "auto":
-            loss["class_weights"] = auto_weights = auto_class_weights(class_pixels)
-        self.loss_fn = PixelLoss(num_classes=self.train_ds.num_classes, **loss).to(device)
+            loss["class_weights"] = auto_weights = auto_class_weights(class_counts)
+        self.loss_fn = PixelLoss(num_classes=self.task.train_ds.num_classes, **loss).to(device)
         return auto_weights
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, metrics, rng=None):
+        task = self.task
         return dict(
-            model=self.spec, state_dict=self.model.state_dict(), **self._checkpoint_meta(),
+            model=task.spec, state_dict=task.model.state_dict(), **task.checkpoint_meta(),
             metrics=metrics, history=self.history, **{self._best_key: self.best},
             step=self.step, epoch=self.step // self.plan.steps_per_epoch,
             total_steps=self.plan.total_steps, optimizer=self.optimizer.state_dict(),
@@ -117,8 +97,8 @@ class TrainingRun:
                                 f"that holds its last.pt, or give the checkpoint's path as resume",
                                 continue_in=self.run_dir)
         ck = load_checkpoint(path, map_location=self.env.device)
-        self._check_resumable(path, ck)
-        self.model.load_state_dict(ck["state_dict"])
+        self.task.check_resumable(self, path, ck)
+        self.task.model.load_state_dict(ck["state_dict"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
@@ -144,7 +124,7 @@ class TrainingRun:
 
     # --------------------------------------------------------------------- training
     def fit(self, exit_on_signal=False):
-        self.log(self._run_summary())
+        self.log(self.task.summary(self))
         self.stop.hard_exit = exit_on_signal
         installed = self.stop.install()
         # one block for the whole run: every step's maps and gradients reuse the pages of the
@@ -162,17 +142,14 @@ class TrainingRun:
     def _start_epoch(self, epoch):
         """An epoch's batch order and augmentation depend on the seed and the epoch only,
         so a resumed run sees the same batches as an uninterrupted one."""
-        sampler = self.train_loader.sampler
+        sampler = self.task.train_loader.sampler
         if isinstance(sampler, torch.utils.data.DistributedSampler):
             sampler.set_epoch(epoch)
-        es = _epoch_seed(self.t.seed, epoch)
-        self.gen.manual_seed(es)
-        runtime.seed_all(es)
-        _seed_transform(self.train_ds, es)
-        self._train_mode()
-
-    def _train_mode(self):
-        self.model.train()
+        seed = epoch_seed(self.trainer.seed, epoch)
+        self.gen.manual_seed(seed)
+        runtime.seed_all(seed)
+        seed_transform(self.task.train_ds, seed)
+        self.task.train_mode()
 
     def _stop_requested(self):
         flag = self.stop.requested
@@ -183,16 +160,16 @@ class TrainingRun:
             flag = bool(f.item())
         return flag
 
-    def _inputs(self, batch):
+    def inputs(self, batch):
         """The batch's images and labels on the run's device, images in its memory format."""
         device = self.env.device
         x = batch["image"].to(device, non_blocking=True)
         y = batch["mask"].to(device, non_blocking=True)
-        if self.channels_last:
+        if self.task.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
-    def _commit_step(self):
+    def commit_step(self):
         """The optimiser's update and the step count, together under the stop lock: an
         abandoned step leaves the weights and the count of the last completed one."""
         with self.stop.lock:
@@ -202,29 +179,32 @@ class TrainingRun:
             self.step += 1
             self.safe_rng = None
 
-    def _check_finite(self, loss, where=""):
+    def check_finite(self, loss, where=""):
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"loss became {loss.item()} at step {self.step + 1}{where}; stopped. The last "
                 f"good checkpoint is {self.run_dir / 'last.pt'}. Lower the learning rate, add "
                 f"warmup or turn off mixed precision",
-                fixes=[f"optim.lr={self.s.optim.lr / 10:g}", "sched.warmup_steps=100",
+                fixes=[f"optim.lr={self.settings.optim.lr / 10:g}", "sched.warmup_steps=100",
                        "trainer.amp=false"])
 
-    def _before_steps(self):
-        """What a resumed run does before its next step; False when a stop request
-        interrupted it."""
-        return True
-
     def _train(self):
+        self.bar = tqdm(total=self.plan.total_steps, initial=self.step, disable=not self.env.main,
+                        desc=f"train [{self.task.method}]", dynamic_ncols=True, leave=True)
+        try:
+            return self._steps()
+        finally:
+            self.bar.close()  # also when a step raised (a diverged loss)
+
+    def _steps(self):
         plan = self.plan
         losses, t0 = [], time.perf_counter()
-        if not self._before_steps():
+        if not self.task.before_steps(self):
             return self._interrupted()
         while self.step < plan.total_steps:
             epoch, first = plan.position(self.step)
             self._start_epoch(epoch)
-            for i, batch in enumerate(self.train_loader):
+            for i, batch in enumerate(self.task.train_loader):
                 if i >= plan.steps_per_epoch or self.step >= plan.total_steps:
                     break
                 if i < first:  # resumed mid-epoch: same data and augmentation draws as before
@@ -240,23 +220,40 @@ class TrainingRun:
                 if loss is not None:
                     losses.append(loss)
                 if plan.evaluates_after(self.step):
-                    if not self._evaluate(losses, time.perf_counter() - t0):
+                    if not self.validate(losses, time.perf_counter() - t0):
                         return self._interrupted()
                     losses, t0 = [], time.perf_counter()
-                    self._train_mode()
+                    self.task.train_mode()
         return self._finish()
 
-    def _evaluate(self, losses, train_time):
+    def _run_step(self, batch, epoch, i):
+        started = time.perf_counter()
+        loss = self.task.step(self, batch, epoch, i)
+        if loss is None:  # nothing learnt, but the step counts (the schedule stays in step)
+            with self.stop.lock:
+                self.scheduler.step()
+                self.step += 1
+        if self.step_cost is not None and not self.first_step_logged:
+            self.first_step_logged = True
+            self.log(f"\nfirst step: {time.perf_counter() - started:.2f} s (estimated "
+                     f"{self.step_cost.seconds:.2f} s)")
+        self.bar.update(1)
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        return loss
+
+    def validate(self, losses, train_time):
         """Validation, checkpoints, metrics.csv and pictures after step self.step; False
         when a stop request interrupted the validation."""
-        row = self._validate(losses, train_time)
+        row = self.task.validate(self, losses, train_time)
         if row is None:
             return False
         self.history.append(row)
         metrics = row["metrics"]
-        improved = not math.isnan(metrics[self.SCORE]) and metrics[self.SCORE] > self.best
+        score = metrics[self.task.SCORE]
+        improved = not math.isnan(score) and score > self.best
         if improved:
-            self.best = metrics[self.SCORE]
+            self.best = score
         with self.stop.lock:
             state = self._state(metrics)
             self._save("last.pt", state)
@@ -266,12 +263,13 @@ class TrainingRun:
                 report.write_csv(self.run_dir / "metrics.csv",
                                  [{k: v for k, v in h.items() if k != "metrics"}
                                   for h in self.history])
-                self._pictures()
+                self.task.pictures(self)
         return True
 
     def _finish(self):
+        self.bar.close()  # before the final report's table
         if not self.history:
             raise TrainingError("no step was run (the run being resumed has already finished)")
         metrics = self.history[-1]["metrics"]
-        self._final_report(metrics)
+        self.task.final_report(self, metrics)
         return metrics

@@ -15,7 +15,7 @@ import fcnseg.zoo.patchnets  # noqa: F401
 from fcnseg.data import build_dataset
 from fcnseg.train import evaluate
 from fcnseg.runtime import ShardSampler
-from fcnseg.train.trainer import _collate
+from fcnseg.train.loaders import collate_images
 
 from helpers import make_scenes
 
@@ -32,7 +32,7 @@ def _worker(rank, world, port, root, out):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     ds = build_dataset("folder", root, "val")
     loader = torch.utils.data.DataLoader(ds, 2, sampler=ShardSampler(len(ds), rank, world),
-                                         collate_fn=_collate)
+                                         collate_fn=collate_images)
     cm = evaluate(_net(), loader, 3)
     if rank == 0:
         torch.save(cm.mat, out)
@@ -47,7 +47,7 @@ def test_two_process_metrics_equal_single_process(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_worker, args=(2, port, str(root), str(tmp_path / "cm.pt")), nprocs=2)
     ds = build_dataset("folder", root, "val")
-    single = evaluate(_net(), torch.utils.data.DataLoader(ds, 2, collate_fn=_collate), 3)
+    single = evaluate(_net(), torch.utils.data.DataLoader(ds, 2, collate_fn=collate_images), 3)
     both = torch.load(tmp_path / "cm.pt", weights_only=True)
     assert both.sum() == single.mat.sum() == 5 * 31 * 32  # each pixel once (row 0 ignored)
     assert torch.equal(both, single.mat)

@@ -11,7 +11,8 @@ import fcnseg.zoo
 from fcnseg.data import DatasetError, build_dataset
 from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.train import evaluate
-from fcnseg.train.trainer import Trainer, _collate
+from fcnseg.train.loaders import collate_images
+from fcnseg.train.segmentation import SegmentationTask
 
 from helpers import compose, make_scenes, tiny_overrides
 
@@ -56,7 +57,7 @@ def test_checkpoint_alone_rebuilds_the_evaluated_model(dense_run, scenes):
     dense = fcnseg.densify(model, info["patch_size"], pad_mode=info["pad_mode"],
                            pad_value=info["pad_value"])
     ds = build_dataset("folder", scenes, "val")
-    loader = torch.utils.data.DataLoader(ds, 2, collate_fn=_collate)
+    loader = torch.utils.data.DataLoader(ds, 2, collate_fn=collate_images)
     again = evaluate(dense, loader, info["num_classes"], info["ignore_index"]).compute()
     assert again["miou"] == pytest.approx(ck["metrics"]["miou"], abs=1e-12)
     assert again["per_class_iou"] == pytest.approx(ck["metrics"]["per_class_iou"], nan_ok=True)
@@ -91,14 +92,14 @@ def test_a_step_that_cannot_fit_is_refused_with_settings_that_fit(scenes, tmp_pa
 
 def _interrupt_at(monkeypatch, call):
     """Deliver SIGTERM to this process during the call-th training step."""
-    real, n = Trainer.train_step, [0]
+    real, n = SegmentationTask.step, [0]
 
     def wrapped(self, *a, **k):
         n[0] += 1
         if n[0] == call:
             signal.raise_signal(signal.SIGTERM)
         return real(self, *a, **k)
-    monkeypatch.setattr(Trainer, "train_step", wrapped)
+    monkeypatch.setattr(SegmentationTask, "step", wrapped)
 
 
 def test_sigterm_checkpoints_and_resume_ends_with_the_same_weights(scenes, tmp_path, monkeypatch):
@@ -121,14 +122,14 @@ def test_sigterm_checkpoints_and_resume_ends_with_the_same_weights(scenes, tmp_p
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(scenes, tmp_path, monkeypatch):
-    import fcnseg.train.trainer as trainer
-    real, n = trainer.dense_logits, [0]
+    import fcnseg.train.segmentation as segmentation
+    real, n = segmentation.dense_logits, [0]
 
     def nan_after_2(*a, **k):
         n[0] += 1
         out = real(*a, **k)
         return out * float("nan") if n[0] > 2 else out
-    monkeypatch.setattr(trainer, "dense_logits", nan_after_2)
+    monkeypatch.setattr(segmentation, "dense_logits", nan_after_2)
     with pytest.raises(fcnseg.train.TrainingError, match="loss became nan.*last good checkpoint") as e:
         fcnseg.train.run(compose(tiny_overrides(scenes, "trainer.epochs=2",
                                                 "trainer.eval_every=2")), tmp_path)
