@@ -54,6 +54,27 @@ def test_classes_are_the_sorted_folder_names_and_labels_follow_them(patch_root):
     assert meta["class_names"] == ds.class_names and len(meta["palette"]) == 3
 
 
+def test_labelled_patches_are_a_kind_of_the_data_registry(patch_root):
+    from fcnseg.data import DATASETS, build_dataset, dataset_class
+    assert dataset_class("patches") is PatchFolderDataset and DATASETS["patches"].task == "patches"
+    assert {DATASETS[k].task for k in DATASETS if k != "patches"} == {"segmentation"}
+    ds = build_dataset("patches", patch_root, "val", in_channels=3, mean=[0.5] * 3, std=[0.2] * 3)
+    assert isinstance(ds, PatchFolderDataset) and ds.in_channels == 3 and ds.mean == [0.5] * 3
+    with pytest.raises(ValueError, match="unknown dataset kind 'patch'.*patches"):
+        dataset_class("patch")
+
+
+def test_normalisation_is_settled_in_one_place(patch_root):
+    from fcnseg.data import IMAGENET_STD, resolve_mean_std
+    # a statistic left out comes from the fallback (default: ImageNet's), a given one stays
+    assert resolve_mean_std([0.1, 0.2, 0.3], None, 3) == ([0.1, 0.2, 0.3], IMAGENET_STD)
+    assert resolve_mean_std(None, [2.0], 1, fallback=lambda: ([0.7], [9.0])) == ([0.7], [2.0])
+    with pytest.raises(DatasetError, match="somewhere: mean/std need 3 values"):
+        resolve_mean_std([0.5], [0.2], 3, "somewhere")
+    with pytest.raises(DatasetError, match="std must be positive"):
+        PatchFolderDataset(patch_root, "train", mean=[0.5], std=[0.0])
+
+
 def test_validation_takes_the_training_classes(patch_root):
     train = PatchFolderDataset(patch_root, "train")
     (patch_root / "val" / "mole" / "v0.png").unlink()

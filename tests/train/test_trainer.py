@@ -90,3 +90,23 @@ def test_sigterm_during_a_long_step_exits_within_seconds_and_resumes(tmp_path):
                        timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_the_data_kind_picks_the_task_from_the_registry():
+    from fcnseg.settings import SettingsError
+    from fcnseg.train import TASKS
+    from fcnseg.train.trainer import task_for
+    assert task_for("folder") is task_for("voc") is TASKS["segmentation"]
+    assert task_for("patches") is TASKS["patches"]
+    with pytest.raises(ValueError, match="unknown dataset kind 'nope'"):
+        task_for("nope")
+
+    class Odd:
+        task = "depth"
+    import fcnseg.data.datasets as datasets
+    datasets.DATASETS["odd"] = Odd
+    try:
+        with pytest.raises(SettingsError, match="data.kind: dataset kind 'odd' trains 'depth'"):
+            task_for("odd")
+    finally:
+        del datasets.DATASETS["odd"]
