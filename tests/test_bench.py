@@ -48,6 +48,7 @@ def test_sampling_helpers():
     assert pix[:, 0].max() < 7 and pix[:, 1].max() < 5
     assert sample_pixels(3, 3, 100).shape == (9, 2)                      # never more than the image
     assert patch_batch_size((95, 95), 1) == 256 and patch_batch_size((404, 404), 3) < 64
+    assert patch_batch_size((95, 95), 1, "cpu", tiny_membrane()) == 256      # the probe is for CUDA only
 
 
 @pytest.mark.slow
@@ -63,10 +64,16 @@ def test_quick_run_writes_consistent_results(tmp_path):
                 assert f[key]["max_abs_diff"] < 1e-4, (net["name"], run["side"], key)
             assert min(f["patch_nchw"]["time_s"], f["patch_cl"]["time_s"]) > f["densify"]["time_s"]
             assert f["densify"]["executed_flops"] > 0
+            bf16 = f["reduced"]["bf16"]                      # beside the fp32 rows, in the same run
+            assert bf16["precision"] == "bf16" and bf16["label_agreement"] > 0.9
+            assert 0 < bf16["max_rel_err"] < 0.1 and bf16["patch"]["time_s"] > bf16["time_s"]
         for prof in net["profiles"]:
             assert sum(n["flops"] for n in prof["nodes"]) > 0
+    assert saved["precision"]["exact"] == "fp32" and saved["precision"]["float32_math"]["tf32"] is False
+    assert saved["precision"]["reduced"] == ["bf16"]
     text = (tmp_path / "b.md").read_text()
     assert "ratios are measured within one run" in text and "membrane95" in text
+    assert "every exact row ran in **fp32** (TF32 off" in text and "label agreement with fp32" in text
     assert "Where the time goes" in text
 
 
@@ -114,6 +121,64 @@ def test_targets_are_computed_from_the_numbers():
     missed = "\n".join(target_lines(_result(dense_s=5.0, patch_s=7000.0, flops=3e11)))
     assert "**not met** (1,400x" in missed and "(1024: 0.60)" in missed
     assert speed_table(_result(5.0, 8000.0))[2].startswith("| 1024x1024 | 8000.0 s |")
+
+
+def test_goals_are_data():
+    from fcnseg.bench.report import load_targets, target_lines
+    targets = load_targets()
+    assert targets["membrane_forward_speedup"][0] == {"side": 1024, "min": 1500}
+    targets["membrane_forward_speedup"] = [{"side": 1024, "min": 1000}]
+    lines = "\n".join(target_lines(_result(dense_s=5.0, patch_s=7000.0), targets))
+    assert "1024x1024 >= 1000x" in lines and "**met** (1,400x" in lines and "1500x" not in lines
+
+
+def _with_bf16(native, dense_s):
+    result = _result(5.0, 8000.0)
+    result["precision"] = {"exact": "fp32", "float32_math": {"tf32": False}, "reduced": ["bf16"],
+                           "native": {"bf16": native}}
+    result["nets"][0]["runs"][0]["forward"]["reduced"] = {"bf16": {
+        "time_s": dense_s, "peak_mb": 1, "label_agreement": 0.999, "max_abs_err": 0.01, "max_rel_err": 0.002,
+        "patch": {"time_s": 9000.0, "layout": "patch_cl", "sampled": 8, "batch_size": 8}}}
+    return result
+
+
+def test_reduced_precision_goal_is_judged_only_where_native():
+    from fcnseg.bench.report import target_lines, write_markdown
+    native = "\n".join(target_lines(_with_bf16(True, 2.0)))
+    assert "in bf16 >= 2.0x its IEEE float32 time" in native and "**met** (2.50x, labels 99.90%)" in native
+    emulated = "\n".join(target_lines(_with_bf16(False, 9.0)))
+    assert "**not applicable on this machine**: it has no native bf16" in emulated and "(0.56x" in emulated
+
+
+def test_report_keeps_the_hand_written_notes(tmp_path):
+    from fcnseg.bench.report import NOTES_BEGIN, NOTES_END, write_markdown
+    result = {**_with_bf16(False, 9.0), "mode": "full", "wall_s": 60.0, "load_average_start": [0.1],
+              "load_average_end": [0.2],
+              "machine": {"cpu": "cpu", "cores": 2, "torch": "t", "torch_threads": 2, "python": "3",
+                          "device": "cpu"}}
+    result["nets"][0].update(patch_size=[95, 95], in_channels=1, total_stride=[8, 8], source="zoo")
+    docs = tmp_path / "b.md"
+    docs.write_text(f"old\n{NOTES_BEGIN}\nWhy the pass is fast.\n{NOTES_END}\nold tables\n")
+    text = write_markdown(result, tmp_path / "b.png", docs)
+    assert "Why the pass is fast." in text and "old tables" not in text
+    assert "| 1024 | bf16 | 9000.0 ms | 0.56x | 9000.0 s (patch_cl) | 1,000x | 99.90% | 2.0e-03 (1.0e-02) |" in text
+
+
+def test_bench_settings_match_their_yaml_and_the_command_line():
+    import yaml
+
+    from fcnseg.bench.run import parse_settings
+    from fcnseg.bench.settings import BenchSettings
+    from fcnseg.settings import SettingsError, defaults
+    from helpers import ROOT
+    assert yaml.safe_load((ROOT / "conf" / "bench.yaml").read_text()) == defaults(BenchSettings)
+    assert parse_settings([]) == BenchSettings()
+    s = parse_settings(["--quick", "--no-tiling", "--precision", "fp32", "bf16", "fp16", "--sizes", "64"])
+    assert s.quick and not s.tiling and s.reduced == ("bf16", "fp16") and s.sizes == [64]
+    with pytest.raises(SettingsError, match="precision: .*must hold fp32"):
+        parse_settings(["--precision", "bf16"])
+    with pytest.raises(SettingsError, match="precision: got 'int8'"):
+        BenchSettings(precision=("fp32", "int8"))
 
 
 def test_add_merges_networks_by_name():

@@ -3,7 +3,8 @@
     python tools/export.py checkpoint=best.pt format=onnx output=model.onnx
     python tools/export.py checkpoint=best.pt format=torchscript output=model.pt height=512 width=512
 
-Configuration: conf/export.yaml. The exported model takes a normalised image
+Configuration: conf/export.yaml (ExportSettings in fcnseg/infer/export.py). ONNX needs the
+export extra: pip install 'fcnseg[export]'. The exported model takes a normalised image
 (N, C, H, W) and returns scores (N, K, ceil(H/s), ceil(W/s)); <output>.json holds
 mean, std, channels, class names and palette.
 """
@@ -25,7 +26,8 @@ def verify(path, fmt, pred, height, width):
     with torch.inference_mode():
         ref = net(x.to(memory_format=torch.contiguous_format)).numpy()
     if fmt == "onnx":
-        import onnxruntime as ort
+        from fcnseg.extras import require
+        ort = require("onnxruntime", "checking the exported file (verify=true)")
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         out = sess.run(None, {"image": x.numpy()})[0]
     else:
@@ -37,22 +39,26 @@ def verify(path, fmt, pred, height, width):
 
 @hydra.main(config_path="../conf", config_name="export", version_base=None)
 def main(cfg):
+    from omegaconf import OmegaConf
+
     from fcnseg.infer import load_predictor
-    from fcnseg.infer.export import export_model
+    from fcnseg.infer.export import ExportSettings, export_model
+    from fcnseg.runtime.precision import precision_context
+    from fcnseg.settings import build_section
     try:
-        if cfg.head == "all":
-            raise ValueError("head=all is for tools/infer.py save_scores=true; export one head (a name or index)")
+        cfg = build_section("", ExportSettings, OmegaConf.to_container(cfg, resolve=True))
         pred = load_predictor(to_absolute_path(cfg.checkpoint), device="cpu",
                               output_stride=int(cfg.output_stride), channels_last=False, head=cfg.head)
         out = to_absolute_path(cfg.output)
-        files = export_model(pred, out, cfg.format, height=cfg.height, width=cfg.width,
-                             opset=int(cfg.opset))
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        with precision_context("fp32", "cpu"):            # the exported graph is IEEE float32
+            files = export_model(pred, out, cfg.format, height=cfg.height, width=cfg.width,
+                                 opset=int(cfg.opset))
+            print("wrote " + ", ".join(map(str, files)))
+            diff = verify(out, cfg.format, pred, cfg.height, cfg.width) if cfg.verify else None
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print("wrote " + ", ".join(map(str, files)))
-    if cfg.verify:
-        diff = verify(out, cfg.format, pred, cfg.height, cfg.width)
+    if diff is not None:
         print(f"max |{cfg.format} - pytorch| = {diff:.3g}")
         if not diff <= 1e-4:
             print("error: the exported model disagrees with PyTorch", file=sys.stderr)

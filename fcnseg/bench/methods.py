@@ -177,10 +177,33 @@ class ShiftAndStitch:
 
 # ---- patch-by-patch and training steps ------------------------------------------------------------
 
-def patch_batch_size(patch_size, in_channels) -> int:
-    """Large batches until a batch of input patches reaches ~32 MB (activations are many times that)."""
+PATCH_BATCH_CAP = {"cpu": 256, "cuda": 8192}
+
+
+def patch_batch_size(patch_size, in_channels, device="cpu", model: nn.Module | None = None) -> int:
+    """Patches per batch of the patch-by-patch baseline, a power of two.
+
+    CPU: until a batch of input patches reaches ~32 MB (activations are many times that), at
+    most 256 (larger batches are no faster on a few cores). CUDA: as many as fit in the
+    device's free-memory budget (fcnseg.runtime.device_memory_budget_mb), from the peak memory
+    of one probe batch of ``model``, at most 8192: a small cap would starve a large GPU and
+    flatter the dense method."""
+    device = torch.device(device)
     per = in_channels * patch_size[0] * patch_size[1] * 4
-    return int(max(8, min(256, 2 ** math.floor(math.log2(max(1, 32 * 2 ** 20 // per))))))
+    if device.type != "cuda" or model is None:
+        return int(max(8, min(PATCH_BATCH_CAP["cpu"], 2 ** math.floor(math.log2(max(1, 32 * 2 ** 20 // per))))))
+    from fcnseg.runtime import device_memory_budget_mb
+    probe = 16
+    p = next(model.parameters())
+    x = torch.randn(probe, in_channels, *patch_size, device=device, dtype=p.dtype)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        model(x)
+    per_patch = max(per, (torch.cuda.max_memory_allocated(device) - base) / probe)
+    fit = device_memory_budget_mb(device) * 2 ** 20 / per_patch
+    return int(max(probe, min(PATCH_BATCH_CAP["cuda"], 2 ** math.floor(math.log2(max(1.0, fit))))))
 
 
 def sample_pixels(h: int, w: int, n: int, seed: int = 0, stride: int = 1) -> torch.Tensor:

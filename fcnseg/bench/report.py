@@ -1,6 +1,12 @@
-"""Turn a bench.json result into the Markdown report and the plot; every verdict is computed."""
+"""Turn a bench.json result into the Markdown report and the plot; every verdict is computed.
+
+The goals the verdicts test are data (targets.json beside this module); the hand-written notes
+of the report live in the report itself, between NOTES_BEGIN and NOTES_END, and are carried
+over when the report is regenerated.
+"""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -13,8 +19,25 @@ METHODS = [  # (key, label) in table order
     ("densify", "fcnseg.densify (default)"),
     ("densify_compiled", "densify(optimize=Optimizations(compile=True))"),
 ]
-MIXED = [("densify_float16", "default, float16 autocast"), ("densify_bfloat16", "default, bfloat16 autocast")]
 MEMBRANE = "membrane95"
+TARGETS_FILE = Path(__file__).with_name("targets.json")
+NOTES_BEGIN = "<!-- notes: hand-written, kept when tools/bench.py rewrites this file -->"
+NOTES_END = "<!-- end of notes -->"
+
+
+def load_targets(path: Path = TARGETS_FILE) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def kept_notes(docs_path: Path) -> str:
+    """The hand-written notes block of an existing report (empty when there is none)."""
+    try:
+        text = Path(docs_path).read_text()
+    except OSError:
+        return ""
+    if NOTES_BEGIN not in text or NOTES_END not in text:
+        return ""
+    return text[text.index(NOTES_BEGIN) + len(NOTES_BEGIN): text.index(NOTES_END)].strip()
 
 
 def _fmt_time(t):
@@ -55,11 +78,11 @@ def executed_share(fwd, matmul) -> float | None:
     return d["executed_flops"] / d["time_s"] / 1e9 / matmul if d.get("executed_flops") else None
 
 
-def _net(result, name):
+def find_net(result, name):
     return next((n for n in result["nets"] if n["name"] == name), None)
 
 
-def _run(net, side):
+def find_run(net, side):
     return next((r for r in net["runs"] if r["side"] == side), None) if net else None
 
 
@@ -82,13 +105,15 @@ def _load(run):
     return run.get("load_average", [None])[0]
 
 
-def target_lines(result) -> list[str]:
+def target_lines(result, targets: dict | None = None) -> list[str]:
+    targets = load_targets() if targets is None else targets
     matmul = matmul_rate(result)
     threads = result.get("machine", {}).get("torch_threads") or 1
     lines = []
-    mem = _net(result, MEMBRANE)
-    for side, goal in ((1024, 1500), (256, 1200)):
-        run = _run(mem, side)
+    mem = find_net(result, MEMBRANE)
+    for goal_row in targets.get("membrane_forward_speedup", []):
+        side, goal = goal_row["side"], goal_row["min"]
+        run = find_run(mem, side)
         if run:
             pt, key = patch_time(run["forward"])
             v = pt / run["forward"]["densify"]["time_s"]
@@ -108,39 +133,46 @@ def target_lines(result) -> list[str]:
                              + (": more than the machine's matmul, so no dense pass can reach it against this "
                                 "baseline." if need > mm else "."))
     mem_matmul = net_matmul(mem, result) if mem else matmul
-    shares = [(side, executed_share(_run(mem, side)["forward"], run_matmul(mem, _run(mem, side), result)))
-              for side in (512, 1024) if _run(mem, side)]
+    goal = targets.get("membrane_matmul_share")
+    shares = [(side, executed_share(find_run(mem, side)["forward"], run_matmul(mem, find_run(mem, side), result)))
+              for side in (goal["sides"] if goal else ()) if find_run(mem, side)]
     if shares:
-        lines.append(f"- Membrane dense pass >= 0.8 of the matmul rate measured just before it, executed "
-                     f"FLOPs: {_share_verdict([s for _, s in shares], 0.8, [_load(_run(mem, side)) for side, _ in shares], threads)} "
+        lines.append(f"- Membrane dense pass >= {goal['min']} of the matmul rate measured just before it, executed "
+                     f"FLOPs: {_share_verdict([s for _, s in shares], goal['min'], [_load(find_run(mem, side)) for side, _ in shares], threads)} "
                      f"({', '.join(f'{side}: {s:.2f}' for side, s in shares)}).")
         lines += [f"  {line}" for line in gap_lines(mem, mem_matmul)]
-    run = _run(mem, 512)
+    goal = targets.get("train_speedup_at_least_flop_ratio")
+    run = find_run(mem, goal["side"]) if goal else None
     if run and run["train"]:
-        row = next((r for r in run["train"] if r["k"] == 512 * 512), None)
+        side = goal["side"]
+        row = next((r for r in run["train"] if r["k"] == side * side), None)
         if row:
             v = row["patch"]["time_s"] / row["dense"]["time_s"]
-            lines.append(f"- Forward+backward over all pixels at 512x512 >= the FLOP ratio "
+            lines.append(f"- Forward+backward over all pixels at {side}x{side} >= the FLOP ratio "
                          f"({mem['flop_ratio']:.0f}x): {_verdict(v >= mem['flop_ratio'])} ({v:,.0f}x).")
     zoo = [(n, r) for n in result["nets"] if n["name"] != MEMBRANE and n["width"] == 1.0 for r in n["runs"]]
-    if zoo:
+    goal = targets.get("zoo_matmul_share")
+    if zoo and goal:
         parts = [f"{n['name']} {r['side']}x{r['side']} stride {n['output_stride']}: "
                  f"{executed_share(r['forward'], net_matmul(n, result)):.2f}" for n, r in zoo]
-        vgg = [executed_share(r["forward"], net_matmul(n, result)) for n, r in zoo if n["name"] == "vgg16"]
-        vgg_loads = [_load(r) for n, r in zoo if n["name"] == "vgg16"]
-        verdict = f"{_share_verdict(vgg, 0.6, vgg_loads, threads)} " if vgg else ""
-        lines.append(f"- Zoo at width 1.0, executed share of matmul (>= 0.6 for vgg16): {verdict}"
-                     f"({'; '.join(parts)}).")
+        named = [executed_share(r["forward"], net_matmul(n, result)) for n, r in zoo if n["name"] == goal["net"]]
+        loads = [_load(r) for n, r in zoo if n["name"] == goal["net"]]
+        verdict = f"{_share_verdict(named, goal['min'], loads, threads)} " if named else ""
+        lines.append(f"- Zoo at width 1.0, executed share of matmul (>= {goal['min']} for {goal['net']}): "
+                     f"{verdict}({'; '.join(parts)}).")
+    lines += precision_target_lines(result, targets.get("reduced_precision"))
     t = result.get("tiling")
-    if t and "peak_mb" in t:
+    goal = targets.get("tiling")
+    if t and "peak_mb" in t and goal:
         per_px = t["time_s"] / t["side"] ** 2
         per_px_ref = t["reference_time_s"] / t["reference_side"] ** 2
         slower = per_px / per_px_ref - 1
         lines.append(f"- {t['side']}x{t['side']} through the default inference path ({t['net']}, tiles of at most "
-                     f"{t['tile']} chosen from the default {t['memory_mb_budget']:.0f} MB budget): under 2 GB peak "
-                     f"resident growth {_verdict(t['peak_mb'] < 2048)} ({t['peak_mb']:.0f} MB, including the "
-                     f"{t['input_mb']:.0f} MB input); per-pixel time within 10% of untiled "
-                     f"{t['reference_side']}x{t['reference_side']} {_verdict(slower <= 0.10)} "
+                     f"{t['tile']} chosen from the default {t['memory_mb_budget']:.0f} MB budget): under "
+                     f"{goal['max_peak_mb']} MB peak resident growth {_verdict(t['peak_mb'] < goal['max_peak_mb'])} "
+                     f"({t['peak_mb']:.0f} MB, including the {t['input_mb']:.0f} MB input); per-pixel time within "
+                     f"{100 * goal['max_slowdown']:.0f}% of untiled {t['reference_side']}x{t['reference_side']} "
+                     f"{_verdict(slower <= goal['max_slowdown'])} "
                      f"({t['time_s']:.1f} s = {per_px * 1e6:.2f} us/pixel vs {per_px_ref * 1e6:.2f}: "
                      f"{100 * slower:+.0f}%). Tiled == untiled to {t['max_abs_diff_256']:.1e} on 256x256.")
     return lines
@@ -202,20 +234,47 @@ def _forward_table(net, matmul) -> list[str]:
     return rows
 
 
-def _mixed_table(net) -> list[str]:
+def _precision_table(net) -> list[str]:
+    """Reduced-precision rows beside the IEEE float32 ones of the same run."""
     rows = []
     for run in net["runs"]:
         f = run["forward"]
-        for key, label in MIXED:
-            if key in f:
-                r = f[key]
-                rows.append(f"| {run['side']} | {label} | {_fmt_time(r['time_s'])} | "
-                            f"{f['densify']['time_s'] / r['time_s']:.2f}x | {r['max_abs_diff']:.1e} |")
+        for name, r in f.get("reduced", {}).items():
+            patch = r.get("patch")
+            patch_cells = (f"{_fmt_time(patch['time_s'])} ({patch['layout']}) | {_x(patch['time_s'] / r['time_s'])}"
+                           if patch else "not timed |  ")
+            rows.append(f"| {run['side']} | {name} | {_fmt_time(r['time_s'])} | "
+                        f"{f['densify']['time_s'] / r['time_s']:.2f}x | {patch_cells} | "
+                        f"{100 * r['label_agreement']:.2f}% | {r['max_rel_err']:.1e} ({r['max_abs_err']:.1e}) |")
     if not rows:
         return []
-    return ["Mixed precision (CUDA autocast, float32 accumulation; not exact, so apart from the float32 table):",
-            "", "| side | method | time | vs float32 default | max abs diff vs float32 |",
-            "|---:|---|---:|---:|---:|", *rows, ""]
+    return ["Reduced precision (autocast, float32 weights and accumulation; not exact, so compared with the IEEE "
+            "float32 default of this run by labels and scores):", "",
+            "| side | precision | densify | vs fp32 densify | patch-by-patch, same precision | speed-up vs patch | "
+            "label agreement with fp32 | max score error, relative (abs) |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|", *rows, ""]
+
+
+def precision_target_lines(result, goal) -> list[str]:
+    """The reduced-precision goal: judged only where the machine runs that precision natively."""
+    if not goal:
+        return []
+    mem = find_net(result, MEMBRANE)
+    run = find_run(mem, goal["side"])
+    r = run["forward"].get("reduced", {}).get(goal["precision"]) if run else None
+    if r is None:
+        return []
+    speed = run["forward"]["densify"]["time_s"] / r["time_s"]
+    head = (f"- Membrane dense pass at {goal['side']}x{goal['side']} in {goal['precision']} >= "
+            f"{goal['min_speedup_vs_fp32']}x its IEEE float32 time, labels agreeing at >= "
+            f"{100 * goal['min_label_agreement']:.1f}%: ")
+    native = result.get("precision", {}).get("native", {}).get(goal["precision"])
+    measured = f"({speed:.2f}x, labels {100 * r['label_agreement']:.2f}%)"
+    if goal.get("only_where_native") and native is False:
+        return [head + f"**not applicable on this machine**: it has no native {goal['precision']} (emulated, "
+                f"so slower than float32) {measured}."]
+    ok = speed >= goal["min_speedup_vs_fp32"] and r["label_agreement"] >= goal["min_label_agreement"]
+    return [head + f"{_verdict(ok)} {measured}."]
 
 
 def _train_table(net) -> list[str]:
@@ -272,70 +331,22 @@ def _profile_tables(net, matmul, max_nodes=14) -> list[str]:
     return out
 
 
-NOTES = """## What the default path does, and what the profile decided
-
-`fcnseg.densify(model)` returns the optimised dense network (`fcnseg/convert/optimize.py`; why each
-rewrite is exact: docs/algorithm.md, "The optimising rewrite"). Besides channels_last end to end,
-folded batch norm and dropped identity windows, four levers were added from the per-node profile
-and the training rows below; each is exact up to float rounding (tests/test_optimize.py compares
-with `fcnseg.patchwise` in float64, forward and gradients):
-
-- **Freed memory reused across repeated work** (`fcnseg.runtime.reuse_freed_memory`, CPU with
-  glibc). The profile's slow zero-FLOP rows (a 2x2 max pool slower than the 48-channel
-  convolution before it) were page faults: glibc maps every block above 32 MB afresh and the
-  kernel faults in and zeroes each page on first touch, about 1 s per GB on this machine. A
-  forward pass now takes its large blocks from the malloc heap, and a training run, an inference
-  run (images and tiles) and `fcnseg.patchwise` (its batches) keep that heap for their whole
-  length, so a pass reuses the pages of the pass before. Idle machine, 2 threads, the settings
-  alternated in one process: membrane net at 256x256 0.38-0.46 s per pass -> 0.28-0.32 s; its
-  fwd+bwd over every pixel of 256x256 2.73 s -> 1.65 s; the demo's training step 0.48-0.63 s ->
-  0.39-0.41 s. The batched patch-by-patch baseline gains as much (2.1 instead of 4.3 ms a patch),
-  which is why every method below is timed in that steady state (see the list above).
-- **Weight gradients in bands of output rows** (training on CPU). oneDNN's weight gradient
-  unfolds the whole input and, past 1 GiB, falls back to its scalar reference kernel: a
-  512x512 membrane-net step spent 305 s in one 5x5 layer and 140 s in the next (this is what
-  stalled the 512x512 training rows before). Summed over bands whose unfolded input stays under
-  64 MB, those layers take 1.8 s, and smaller layers gain too (the 48->200 3x3 layer at 512x512:
-  1.73 s -> 0.98 s; the whole 256x256 step 1.65 s -> 1.33 s).
-- **No layout copy after the first convolution of a gray image.** A `(C, 1, kh, kw)` kernel is
-  passed as an NHWC-strided view, so the convolution writes NHWC itself: at 256x256 the first
-  convolution plus its copy went from 34 + 42 ms to 24 ms.
-- **Wide FC-derived convolutions as matrix products over gathered windows** (reduction
-  `C*kh*kw >= 4096`, CPU inference). VGG-16's fc6 (512 -> 4096, 7x7, dilation 4) ran at 0.01 of
-  the matmul rate on a 16x16 output (oneDNN reorders the 411 MB kernel on every call); gathered:
-  2.2x faster there, as fast on 32x32. The membrane net's fc1 (reduction 432) was 2x slower
-  gathered and stays on oneDNN.
-
-Decided against, from the same profiles:
-- oneDNN fused convolution + ReLU/PReLU/add: the zoo's ReLUs are in place and took 0.3-2% of the
-  membrane pass; a fused post-op can save at most that. ResNet's residual additions are the
-  exception (see its profile), but a fused add needs the inference-only
-  `mkldnn._convolution_pointwise` ops and a second code path for training.
-- The padding copy: the `pad` row is under 0.5% of every pass.
-- Pooling: already the channels_last kernel (vectorised across channels, any dilation). Max
-  pooling as the maximum of shifted views was as fast forward, 10x slower backward, and splits
-  gradients at ties; separable pools were slower.
-- Threads: the run uses PyTorch's default (one thread per core); on the idle machine one thread
-  gave 0.76 s and two 0.39 s for the 256x256 pass, and the patch baseline scaled alike
-  (428 s vs 240 s), so the ratios do not depend on it.
-- torch.compile (inductor): exact and 10-15% faster on the membrane net, but it compiles for
-  over a minute per input shape on 2 cores; `--compile` times it, it is not the default.
-
-Why the membrane net's forward stays near its FLOP ratio: the speed-up is the FLOP ratio times
-the dense pass's rate over the patch pass's, in model FLOPs. The dense pass also computes the
-border of its padded input (executed FLOPs 1.5x the model's at 256x256, 1.2x at 1024x1024), and
-in steady state the batched patch baseline runs its 95x95 patches at close to the matmul rate,
-so no exact dense pass on this CPU reaches 1200-1500x against it: the needed rate is printed
-with each target above.
-
-The batched patch-by-patch baselines run `fcnseg.patchwise` on the classifier in NCHW and on a
-channels_last copy, batches of up to 256 patches, under `torch.inference_mode()`; patch training
-accumulates gradients batch by batch. Shift-and-stitch runs the strided FCN with the same default
-optimisations, so the comparison is of methods, not layouts.
-"""
+def precision_line(result) -> str:
+    """Which float32 math the exact rows ran with, and what the reduced rows are."""
+    p = result.get("precision")
+    if not p:
+        return "- Precision: not recorded (a results file from before precision was recorded)."
+    math = p.get("float32_math", {})
+    flags = ", ".join(f"{k} {v}" for k, v in math.items() if k != "tf32")
+    native = ", ".join(f"{k}: {'native' if v else 'emulated'}" for k, v in p.get("native", {}).items())
+    reduced = ", ".join(p.get("reduced", [])) or "none"
+    return (f"- Precision: every exact row ran in **{p['exact']}** (TF32 {'on' if math.get('tf32') else 'off'}; "
+            f"{flags}); reduced-precision rows: {reduced} ({native}).")
 
 
-def write_markdown(result, plot_path: Path, docs_path: Path, notes: str = NOTES) -> str:
+def write_markdown(result, plot_path: Path, docs_path: Path, notes: str | None = None) -> str:
+    """notes: the hand-written block; None keeps the one of the report already at docs_path."""
+    notes = kept_notes(docs_path) if notes is None else notes
     m = result["machine"]
     matmul = matmul_rate(result)
     gpu = m.get("gpu")
@@ -354,7 +365,8 @@ def write_markdown(result, plot_path: Path, docs_path: Path, notes: str = NOTES)
         f"Python {m['python']}; device **{m['device']}**" + (f" ({gpu}, cuDNN {m['cudnn']})" if gpu else "")
         + ". " + ("These are GPU numbers (CUDA events, cudnn.benchmark on)." if gpu else
                   "These are CPU numbers; no GPU was used (`python tools/bench.py --device cuda` writes the "
-                  "same tables for a GPU, with float16/bfloat16 autocast timed apart, into results/cuda/)."),
+                  "same tables for a GPU into results/cuda/)."),
+        precision_line(result),
         f"- Float32 matmul in this run (GFLOP/s, start; end): {mm}. *Share of matmul* below is against the "
         "faster of the two sizes measured just before each network (given with it), as the load changes.",
         f"- Load average (1 min) at start / end: {result['load_average_start'][0]:.2f} / "
@@ -383,8 +395,7 @@ def write_markdown(result, plot_path: Path, docs_path: Path, notes: str = NOTES)
         f"![time and speed-up against image size]({rel_plot})",
         "",
     ]
-    if notes:
-        lines += [notes.strip(), ""]
+    lines += [NOTES_BEGIN, "", notes.strip(), "", NOTES_END, ""]
     for net in result["nets"]:
         p = net["patch_size"]
         matmul = net_matmul(net, result)
@@ -395,7 +406,7 @@ def write_markdown(result, plot_path: Path, docs_path: Path, notes: str = NOTES)
                   f"**{net['flop_ratio']:.0f}x**. Matmul just before it: "
                   + ", ".join(f"{n}^2 {v:.0f} GFLOP/s" for n, v in net.get("matmul_gflops", {}).items())
                   + f"; load average {net['runs'][0].get('load_average', ['?'])[0]}.", "", "Forward:", "", *_forward_table(net, matmul), "",
-                  *_mixed_table(net)]
+                  *_precision_table(net)]
         if any(r["train"] for r in net["runs"]):
             lines += ["Training step (masked per-pixel cross-entropy on k random pixels, forward + backward):", "",
                       *_train_table(net), ""]
@@ -405,56 +416,9 @@ def write_markdown(result, plot_path: Path, docs_path: Path, notes: str = NOTES)
     return "\n".join(lines) + "\n"
 
 
-def write_plot(result, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    if not result["nets"]:
-        return
-    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(12, 4.8))
-    focus = _net(result, MEMBRANE) or result["nets"][0]
-    sides = [r["side"] for r in focus["runs"]]
-    for key, label in METHODS:
-        ts = [r["forward"].get(key, {}).get("time_s") for r in focus["runs"]]
-        pts = [(s, t) for s, t in zip(sides, ts) if t]
-        if pts:
-            ax_t.plot(*zip(*pts), marker="o", label=label)
-    train = [(r["side"], row["dense"]["time_s"]) for r in focus["runs"] for row in r["train"]
-             if row["k"] == r["side"] ** 2]
-    if train:
-        ax_t.plot(*zip(*train), marker="s", linestyle="--", label="densify fwd+bwd (all pixels)")
-    ax_t.set(xscale="log", yscale="log", xlabel="image side (pixels)", ylabel="time (s)",
-             title=f"{focus['name']}: forward time")
-    ax_t.set_xticks(sides, [str(s) for s in sides])
-    ax_t.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax_t.legend(fontsize=7)
-    for net in result["nets"]:
-        s = [r["side"] for r in net["runs"]]
-        fwd = [patch_time(r["forward"])[0] / r["forward"]["densify"]["time_s"] for r in net["runs"]]
-        line, = ax_s.plot(s, fwd, marker="o", label=f"{net['name']} forward (FLOP ratio {net['flop_ratio']:.0f}x)")
-        tr = [(r["side"], row["patch"]["time_s"] / row["dense"]["time_s"]) for r in net["runs"]
-              for row in r["train"] if row["k"] == r["side"] ** 2]
-        if tr:
-            ax_s.plot(*zip(*tr), marker="s", linestyle="--", color=line.get_color(), label=f"{net['name']} fwd+bwd")
-    ax_s.axhline(1500, color="gray", linewidth=0.8, linestyle=":")
-    ax_s.set(xscale="log", yscale="log", xlabel="image side (pixels)", ylabel="speed-up over patch-by-patch",
-             title="fcnseg.densify vs the faster batched patch-by-patch")
-    all_sides = sorted({r["side"] for n in result["nets"] for r in n["runs"]})
-    ax_s.set_xticks(all_sides, [str(v) for v in all_sides])
-    ax_s.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax_s.legend(fontsize=7)
-    fig.suptitle(f"{result['machine']['cpu']} ({result['machine']['device']}), torch {result['machine']['torch']}",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def speed_table(result) -> list[str]:
     """The README's speed table (membrane net, forward) from a results file."""
-    mem = _net(result, MEMBRANE)
+    mem = find_net(result, MEMBRANE)
     matmul = net_matmul(mem, result) if mem else matmul_rate(result)
     rows = ["| image | batched patch-by-patch (faster layout) | shift-and-stitch | hand conversion (NCHW) | "
             "densify(optimize=False) | fcnseg.densify | speed-up vs patch | share of matmul |",

@@ -7,8 +7,10 @@ For each network and image size, in one run: batched patch-by-patch (NCHW and ch
 the hand conversion, shift-and-stitch, fcnseg.densify with optimize=False and by default
 (forward), forward+backward of a masked per-pixel loss on k sampled pixels against
 patch-by-patch training on the same pixels, a per-node profile of the default dense graph, and
-4096x4096 through the default tiled inference path. On CUDA, the default dense network is also
-timed under float16 and bfloat16 autocast, reported apart from the exact float32 numbers.
+4096x4096 through the default tiled inference path. Every exact row runs in IEEE float32
+(no TF32 on CUDA, strict oneDNN); each reduced precision of the `precision` setting (bf16 by
+default) adds the default dense network and the faster patch-by-patch baseline in that
+precision, compared with the float32 scores by label agreement and score error.
 Writes <out-dir>/bench.json, <out-dir>/bench.png and the Markdown report (docs/benchmarks.md).
 Costs that are linear in the number of patches or shifts are timed on a random sample and
 scaled; the report marks them.
@@ -18,20 +20,24 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import fcnseg
 from fcnseg import runtime
+from fcnseg.runtime.precision import cpu_native_bf16, float32_math_state, precision_context
+from fcnseg.settings import build_section
 
 from .measure import Timer, load_average, machine, matmul_rates, release_freed_memory
 from .methods import (HandConversionError, HandDense, ShiftAndStitch, build_network, channels_last_copy,
                       dense_networks, dense_train_step, hand_convert, patch_batch_size, patch_train_step,
                       sample_pixels)
 from .profile import profile_dense
-from .report import write_markdown, write_plot
+from .settings import BenchSettings
+from .plot import write_plot
+from .report import write_markdown
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,6 @@ class Config:
     patch_seconds: float                        # time spent on each sampled (scaled) method
     tiling: tuple                               # (net, image side, untiled reference side)
     profile_repeats: int = 2
-    amp_dtypes: tuple = field(default=(torch.float16, torch.bfloat16))   # CUDA only
 
 
 # Widths and sizes of the performance targets: the membrane net at 256-1024 (training at 512), the
@@ -86,6 +91,13 @@ def max_diff(a, b) -> float:
     return float((a.double() - b.double()).abs().max())
 
 
+def score_errors(got, ref) -> dict:
+    """A reduced-precision result against the IEEE float32 one: labels and scores."""
+    err = max_diff(got, ref)
+    return {"label_agreement": float((got.argmax(1) == ref.argmax(1)).double().mean()),
+            "max_abs_err": err, "max_rel_err": err / max(float(ref.double().abs().max()), 1e-30)}
+
+
 def sample_size(per_patch_s: float, batch: int, available: int, seconds: float) -> int:
     """Patches to time so that the sample takes about `seconds`, in whole batches, at least one
     batch and at most MAX_SAMPLE (or every available pixel)."""
@@ -104,7 +116,7 @@ def bench_patch(models, x, ref, stride, cfg, timer) -> dict:
     side, c = x.shape[-1], x.shape[1]
     out = {}
     for key, model in models.items():
-        bs = patch_batch_size(model.patch_size, c)
+        bs = patch_batch_size(model.patch_size, c, x.device, model)
         all_pix = sample_pixels(side, side, output_pixels(side, stride), seed=9, stride=stride).to(x.device)
         scores = {}
 
@@ -125,7 +137,7 @@ def bench_patch(models, x, ref, stride, cfg, timer) -> dict:
     return out
 
 
-def bench_forward(model, c, side, stride, cfg, timer, device, compile_body, spec):
+def bench_forward(model, c, side, stride, cfg, timer, device, compile_body, spec, reduced=()):
     """All forward methods on one (1, c, side, side) image; returns ({method: record}, geometry)."""
     torch.manual_seed(0)
     x = torch.randn(1, c, side, side, device=device)
@@ -155,12 +167,6 @@ def bench_forward(model, c, side, stride, cfg, timer, device, compile_body, spec
         for key, net in methods.items():
             if key != "densify":
                 out[key] = record(timings[key], max_abs_diff=max_diff(net(x), ref))
-        if device.type == "cuda":            # mixed precision: not exact, reported on its own
-            for dtype in cfg.amp_dtypes:
-                with runtime.autocast(device, dtype):
-                    t = timer(lambda: dense(x))
-                    diff = max_diff(dense(x), ref)
-                out[f"densify_{str(dtype).split('.')[-1]}"] = record(t, max_abs_diff=diff, autocast=str(dtype))
         if stride == 1:
             # shift-and-stitch: every shift costs the same; time a spread-out sample of them
             ss = ShiftAndStitch(model)
@@ -177,7 +183,26 @@ def bench_forward(model, c, side, stride, cfg, timer, device, compile_body, spec
                    "patch_cl": channels_last_copy(model) if "channels_last" in spec.patch_layouts else None}
         patch = bench_patch({k: m for k, m in layouts.items() if m is not None}, x, ref, stride, cfg, timer)
         out.update(patch)
+        if reduced:
+            fastest = min(patch, key=lambda k: patch[k]["time_s"])
+            out["reduced"] = bench_reduced(dense, fastest, layouts[fastest], x, ref, stride, cfg, timer, device,
+                                           reduced)
     return out, dense.geometry
+
+
+def bench_reduced(dense, layout, patch_model, x, ref, stride, cfg, timer, device, precisions) -> dict:
+    """The default dense network and the faster patch baseline in each reduced precision, with
+    their scores against the IEEE float32 ones (`ref`) of the same run."""
+    out = {}
+    for name in precisions:
+        with precision_context(name, device) as p:
+            t = timer(lambda: dense(x))
+            got = dense(x).float()
+            patch = bench_patch({layout: patch_model}, x, ref, stride, cfg, timer)[layout]
+            math = float32_math_state()
+        out[p.name if name != "auto" else f"auto ({p.name})"] = record(
+            t, precision=p.name, float32_math=math, **score_errors(got, ref), patch={**patch, "layout": layout})
+    return out
 
 
 def bench_train(model, c, side, cfg, timer, device):
@@ -187,7 +212,7 @@ def bench_train(model, c, side, cfg, timer, device):
     x = torch.randn(1, c, side, side, device=device)
     dense = fcnseg.densify(model)
     geo = dense.geometry
-    bs = patch_batch_size(model.patch_size, c)
+    bs = patch_batch_size(model.patch_size, c, device, model)
     patch = {}
     all_pix = sample_pixels(side, side, side * side, seed=2).to(device)
     all_tgt = torch.randint(0, geo.num_classes, (len(all_pix),), device=device)
@@ -249,49 +274,74 @@ def bench_profile(model, c, side, stride, repeats, device) -> dict:
     return {"side": side, "output_stride": stride, "nodes": [r.as_dict() for r in rows]}
 
 
-def main(argv=None, *, root: Path | None = None):
-    """The command line of tools/bench.py; root: the project (results/ and docs/ go there)."""
-    root = Path.cwd() if root is None else Path(root)
+def parse_settings(argv=None) -> BenchSettings:
+    """tools/bench.py's command line as BenchSettings (conf/bench.yaml lists the defaults)."""
+    d = BenchSettings()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small smoke run (1-2 minutes) into results/quick")
-    ap.add_argument("--out-dir", type=Path, help="where bench.json and bench.png go (default results/, "
+    ap.add_argument("--out-dir", help="where bench.json and bench.png go (default results/, "
                     "quick: results/quick/, on CUDA results/cuda/)")
-    ap.add_argument("--docs", type=Path, help="Markdown report (default docs/benchmarks.md; quick or "
+    ap.add_argument("--docs", help="Markdown report (default docs/benchmarks.md; quick or "
                     "CUDA: <out-dir>/benchmarks.md)")
     ap.add_argument("--nets", nargs="+", help="only these networks (names from the config)")
     ap.add_argument("--sizes", nargs="+", type=int, help="override the image sides")
-    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index>")
+    ap.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:<index>")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads for the whole run")
+    ap.add_argument("--precision", nargs="+", default=list(d.precision),
+                    help="fp32 (the IEEE rows, always) and the reduced precisions timed beside them: "
+                    "bf16, fp16 or tf32 (CUDA), auto (default: %(default)s)")
     ap.add_argument("--compile", action="store_true", help="also time optimize=Optimizations(compile=True)")
-    ap.add_argument("--no-tiling", action="store_true")
+    ap.add_argument("--no-tiling", dest="tiling", action="store_false")
     ap.add_argument("--tiling-only", action="store_true", help="only the tiled-inference measurement (with --add: "
                     "into an existing results file)")
-    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--add", action="store_true", help="merge into an existing <out-dir>/bench.json: its "
                     "networks of the same name (and the tiling, if measured) are replaced, the others kept")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report and plot from an "
                     "existing <out-dir>/bench.json without measuring anything")
-    args = ap.parse_args(argv)
+    return build_section("", BenchSettings, vars(ap.parse_args(argv)))
 
+
+def main(argv=None, *, root: Path | None = None):
+    """The command line of tools/bench.py; root: the project (results/ and docs/ go there)."""
+    args = parse_settings(argv)
+    root = Path.cwd() if root is None else Path(root)
     cfg = QUICK if args.quick else FULL
     device = runtime.pick_device(args.device)
     default_dir = "quick" if args.quick else ("cuda" if device.type == "cuda" else "")
-    out_dir = args.out_dir or (root / "results" / default_dir)
-    docs = args.docs or (out_dir / "benchmarks.md" if default_dir else root / "docs" / "benchmarks.md")
+    out_dir = Path(args.out_dir) if args.out_dir else root / "results" / default_dir
+    docs = Path(args.docs) if args.docs else (out_dir / "benchmarks.md" if default_dir
+                                               else root / "docs" / "benchmarks.md")
     if args.report_only:
         result = json.loads((out_dir / "bench.json").read_text())
         write_outputs(result, out_dir, docs, write_json=False)
         return result
+    with precision_context("fp32", device):        # every exact row in IEEE float32
+        return run(args, cfg, device, out_dir, docs)
+
+
+def precision_record(args, device) -> dict:
+    """What the results file says about precision: the exact rows' float32 math (TF32 state
+    included), the reduced precisions timed, and whether bf16 is native on this device."""
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_native_bf16()
+    return {"exact": "fp32", "float32_math": float32_math_state(), "reduced": list(args.reduced),
+            "native": {"bf16": bool(native)}}
+
+
+def run(args: BenchSettings, cfg: Config, device, out_dir: Path, docs: Path) -> dict:
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True          # never cudnn.deterministic: dilated convs crawl
+        # one shape per row and many repeats: autotuning pays off (never cudnn.deterministic:
+        # deterministic dilated convolutions crawl)
+        torch.backends.cudnn.benchmark = True
     if args.threads:
         torch.set_num_threads(args.threads)
     release_freed_memory()
     timer = Timer(device, cfg.repeats, cfg.budget_s)
     started = time.time()
     result = {"machine": machine(device), "mode": "quick" if args.quick else "full",
+              "precision": precision_record(args, device),
               "load_average_start": load_average(), "matmul_gflops": [matmul_rates(device)], "nets": []}
-    print(f"matmul GFLOP/s: {result['matmul_gflops'][0]}", flush=True)
+    print(f"matmul GFLOP/s: {result['matmul_gflops'][0]}; precision {result['precision']}", flush=True)
     base = json.loads((out_dir / "bench.json").read_text()) if args.add and (out_dir / "bench.json").exists() \
         else None
     for spec in cfg.nets:
@@ -305,7 +355,8 @@ def main(argv=None, *, root: Path | None = None):
                  "profiles": []}
         for side in args.sizes or spec.sides:
             t0 = time.time()
-            fwd, geo = bench_forward(model, c, side, spec.output_stride, cfg, timer, device, args.compile, spec)
+            fwd, geo = bench_forward(model, c, side, spec.output_stride, cfg, timer, device, args.compile, spec,
+                                     args.reduced)
             train = bench_train(model, c, side, cfg, timer, device) if side in spec.train_sides else []
             entry.update(total_stride=list(geo.total_stride), flops_patch=geo.flops_patch,
                          flops_dense_per_pixel=geo.flops_dense_per_pixel, flop_ratio=geo.flop_ratio)
@@ -313,9 +364,11 @@ def main(argv=None, *, root: Path | None = None):
             best = fwd["densify"]["time_s"]
             patch = min(fwd[k]["time_s"] for k in ("patch_nchw", "patch_cl") if k in fwd)
             plain = fwd.get("densify_plain", {}).get("time_s", float("nan"))
+            reduced = "".join(f", {k} {r['time_s'] * 1e3:.1f} ms (labels {100 * r['label_agreement']:.2f}%)"
+                              for k, r in fwd.get("reduced", {}).items())
             print(f"{spec.name:12} {side:5}: densify {best * 1e3:9.1f} ms, plain {plain * 1e3:9.1f} ms, "
-                  f"patch {patch:9.1f} s ({patch / best:6.0f}x) [{time.time() - t0:.0f} s]", flush=True)
-        if not args.no_profile:
+                  f"patch {patch:9.1f} s ({patch / best:6.0f}x){reduced} [{time.time() - t0:.0f} s]", flush=True)
+        if args.profile:
             for side in args.sizes or spec.profile_sides:
                 entry["profiles"].append(bench_profile(model, c, side, spec.output_stride, cfg.profile_repeats,
                                                        device))
@@ -324,7 +377,7 @@ def main(argv=None, *, root: Path | None = None):
         # a partial results file after every network: a run cut short still leaves its numbers
         write_outputs(merged({**result, "load_average_end": load_average(), "wall_s": time.time() - started,
                               "partial": True}, base), out_dir, docs)
-    if not args.no_tiling and (not args.nets or cfg.tiling[0] in args.nets):
+    if args.tiling and (not args.nets or cfg.tiling[0] in args.nets):
         name, side, reference_side = cfg.tiling
         result["tiling"] = bench_tiling(name, side, reference_side, device, Timer(device, 1, 0.0))
         print(f"tiling: {result['tiling']}", flush=True)
@@ -346,7 +399,8 @@ def merged(result: dict, base: dict | None) -> dict:
                                                                              "load_average_end", "wall_s")}])
            + [{k: result.get(k) for k in ("load_average_start", "load_average_end", "wall_s")}],
            "load_average_end": result["load_average_end"], "wall_s": base.get("wall_s", 0) + result["wall_s"],
-           "matmul_gflops": base["matmul_gflops"] + result["matmul_gflops"]}
+           "matmul_gflops": base["matmul_gflops"] + result["matmul_gflops"],
+           "precision": result.get("precision", base.get("precision"))}
     if "tiling" in result:
         out["tiling"] = result["tiling"]
     if result.get("partial"):

@@ -12,15 +12,48 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from fcnseg.extras import require
 from fcnseg.runtime import atomic_path, write_text_atomic
+from fcnseg.settings import SettingsError, check_choice, check_positive
 from .model import Predictor
 
 FORMATS = ("onnx", "torchscript")
+
+
+@dataclass
+class ExportSettings:
+    """tools/export.py's settings (conf/export.yaml repeats the defaults). The exported graph is
+    IEEE float32: precision does not apply to an export, and its check runs in fp32."""
+    checkpoint: Any = None         # required
+    output: Any = None             # required: the model file; <output>.json gets the metadata
+    format: str = "onnx"           # onnx | torchscript
+    height: Any = None             # None (with width None): any input size; both set: a fixed size
+    width: Any = None
+    output_stride: int = 1
+    head: Any = None               # a classifier with several outputs: the one to export; None: the first
+    opset: int = 17
+    verify: bool = True            # run the exported file on a random image: max |exported - PyTorch|
+
+    def __post_init__(self):
+        for key in ("checkpoint", "output"):
+            if not getattr(self, key):
+                raise SettingsError(key, f"is required, e.g. {key}=" + ("best.pt" if key == "checkpoint"
+                                                                       else "model.onnx"))
+        check_choice("format", self.format, FORMATS)
+        check_positive("output_stride", self.output_stride)
+        check_positive("opset", self.opset)
+        if (self.height is None) != (self.width is None):
+            raise SettingsError("height", "give both height and width for a fixed size, or neither for dynamic")
+        if self.head == "all":
+            raise SettingsError("head", "all is for tools/infer.py save_scores=true; export one head (a name or "
+                                "index)")
 
 
 class _Whole(nn.Module):
@@ -58,6 +91,8 @@ def export_model(pred: Predictor, path: str | Path, fmt: str, *, height: int | N
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if (height is None) != (width is None):
         raise ValueError("give both height and width for a fixed size, or neither for dynamic")
+    if fmt == "onnx":
+        require("onnx", "format=onnx")          # before the export: the exporter's own error is a bare import
     net = (pred.dense if pred.dense is not None else pred.model).float().cpu().eval()
     net = net.to(memory_format=torch.contiguous_format)
     module = _Whole(net).eval()

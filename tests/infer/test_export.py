@@ -67,3 +67,30 @@ def test_the_default_optimised_network_exports(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(1, 3, 29, 41)
     np.testing.assert_allclose(sess.run(None, {"image": x.numpy()})[0], reference(pred, x), atol=1e-4, rtol=0)
+
+
+def test_export_settings_match_their_yaml():
+    import yaml
+
+    from fcnseg.infer.export import ExportSettings
+    from fcnseg.settings import SettingsError, defaults
+    from helpers import ROOT
+    values = yaml.safe_load((ROOT / "conf" / "export.yaml").read_text())
+    values = {k: v for k, v in values.items() if k not in ("defaults", "hydra")}
+    assert {k: v for k, v in values.items() if v is not None} == \
+        {k: v for k, v in defaults(ExportSettings).items() if v is not None}
+    assert set(values) == set(defaults(ExportSettings))
+    with pytest.raises(SettingsError, match="checkpoint: is required"):
+        ExportSettings(output="m.onnx")
+    with pytest.raises(SettingsError, match="format: got 'tflite'"):
+        ExportSettings(checkpoint="a.pt", output="m.onnx", format="tflite")
+
+
+def test_onnx_without_the_package_names_the_extra(predictor, tmp_path, monkeypatch):
+    import sys
+
+    from fcnseg.extras import MissingExtraError
+    monkeypatch.setitem(sys.modules, "onnx", None)          # import onnx -> ModuleNotFoundError
+    with pytest.raises(MissingExtraError, match=r"format=onnx needs .*pip install 'fcnseg\[export\]'"):
+        export_model(predictor, tmp_path / "m.onnx", "onnx")
+    assert not (tmp_path / "m.onnx").exists()
