@@ -4,12 +4,12 @@
     python tools/infer.py checkpoint=best.pt input='slides/**/*.tif' output=out tile_size=1024
     python tools/infer.py checkpoint=best.pt input=img.png output=out check=true region=[100,100,24,24]
     torchrun --nproc_per_node=4 tools/infer.py checkpoint=best.pt input=big/ output=out device=cuda
+    torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 tools/infer.py ...
 
 Configuration: conf/infer.yaml. Exit status 1 when any image failed (see
-output/summary.csv), 2 for unusable arguments. This file only turns the Hydra config
+output/summary.csv), 2 for unusable arguments or settings. This file only turns the Hydra config
 into fcnseg.infer.InferenceSettings; the library never imports Hydra.
 """
-import dataclasses
 import sys
 
 import hydra
@@ -20,14 +20,12 @@ from omegaconf import OmegaConf
 def settings_from(cfg):
     from fcnseg.infer import InferenceSettings
     plain = OmegaConf.to_container(cfg, resolve=True)
-    known = {f.name for f in dataclasses.fields(InferenceSettings)}
-    unknown = sorted(set(plain) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; known: {sorted(known)}")
     for key in ("checkpoint", "output"):
-        plain[key] = to_absolute_path(str(plain[key]))
-    plain["input"] = str(plain["input"])  # may be a glob: resolved by the library
-    return InferenceSettings(**plain)
+        if key in plain and plain[key] != "???":
+            plain[key] = to_absolute_path(str(plain[key]))
+    if "input" in plain:
+        plain["input"] = str(plain["input"])  # may be a glob: resolved by the library
+    return InferenceSettings.from_dict(plain)
 
 
 @hydra.main(config_path="../conf", config_name="infer", version_base=None)

@@ -1,7 +1,9 @@
-"""Inference on images and folders: exact tiling, batched runs, atomic results, export."""
-from .model import Predictor, load_predictor
-from .runner import InferenceSettings, RunResult, run_inference
-from .tiling import Prediction, auto_tile_size, plan_tiles, predict_tiled
+"""Inference on images and folders: one image in memory (load_predictor(...).predict), exact
+tiling, pipelined folder runs with atomic results and resume, torchrun sharing, export."""
+from .model import Prediction, Predictor, load_predictor
+from .runner import RunResult, run_inference
+from .settings import InferenceSettings
+from .tiling import auto_tile_size, plan_tiles, predict_tiled
 
 __all__ = ["InferenceSettings", "Prediction", "Predictor", "RunResult", "auto_tile_size",
            "load_predictor", "plan_tiles", "predict_tiled", "run_inference"]

@@ -13,14 +13,19 @@ from fcnseg.data.palette import colorize
 from fcnseg.runtime import atomic_path
 
 
+def nearest_grid_index(pixels: np.ndarray, stride: int, cells: int) -> np.ndarray:
+    """The output-grid cell (pixel m*s) nearest to each pixel index, inside [0, cells)."""
+    return np.minimum((np.asarray(pixels) + stride // 2) // stride, cells - 1)
+
+
 def to_image_size(labels: np.ndarray, height: int, width: int, stride: int) -> np.ndarray:
     """Grid labels (ceil(H/s), ceil(W/s)) -> (H, W): each pixel takes the nearest grid
     pixel (m*s, n*s). The identity at stride 1."""
     if stride == 1:
         assert labels.shape == (height, width), (labels.shape, height, width)
         return labels
-    rows = np.minimum((np.arange(height) + stride // 2) // stride, labels.shape[0] - 1)
-    cols = np.minimum((np.arange(width) + stride // 2) // stride, labels.shape[1] - 1)
+    rows = nearest_grid_index(np.arange(height), stride, labels.shape[0])
+    cols = nearest_grid_index(np.arange(width), stride, labels.shape[1])
     return labels[rows][:, cols]
 
 
@@ -46,19 +51,27 @@ def display_rgb(image: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def blend_overlay(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]],
+                  alpha: float = 0.5) -> np.ndarray:
+    """(H, W, C) image and (H, W) labels -> (H, W, 3) uint8: the class colours blended in."""
+    base = display_rgb(image).astype(np.float32)
+    colours = colorize(labels, palette, ignore_index=None).astype(np.float32)  # (H, W, 3)
+    return np.rint((1 - alpha) * base + alpha * colours).clip(0, 255).astype(np.uint8)
+
+
 def save_overlay(path: Path, image: np.ndarray, labels: np.ndarray,
                  palette: Sequence[Sequence[int]], alpha: float = 0.5) -> None:
     """The image with the class colours blended in (alpha = weight of the colours)."""
-    base = display_rgb(image).astype(np.float32)
-    colours = colorize(labels, palette, ignore_index=None).astype(np.float32)  # (H, W, 3)
-    out = np.rint((1 - alpha) * base + alpha * colours).clip(0, 255).astype(np.uint8)
+    out = blend_overlay(image, labels, palette, alpha)
     with atomic_path(path) as tmp:
         Image.fromarray(out).save(tmp, format="PNG")
 
 
-def save_scores(path: Path, scores: torch.Tensor) -> None:
-    """(K, h, w) scores -> float16 .npy."""
-    arr = scores.detach().float().cpu().numpy().astype(np.float16)
+def save_scores(path: Path, scores: torch.Tensor | np.ndarray) -> None:
+    """(K, h, w) scores (a tensor or an array) -> float16 .npy."""
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().float().cpu().numpy()
+    arr = np.asarray(scores).astype(np.float16)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, arr)

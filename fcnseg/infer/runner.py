@@ -1,75 +1,44 @@
-"""Label every image of a folder: resumable, atomic, batched, tiled, sharded over ranks.
+"""Label every image of a folder: pipelined, resumable, atomic, batched, tiled, shared over ranks.
 
     settings = InferenceSettings(checkpoint="best.pt", input="slides/", output="labels/")
     result = run_inference(settings)      # result.failed > 0 -> exit non-zero
 
-Per image: skip it when all requested results exist (unless overwrite), read it (a
-broken file becomes a "failed" row, the run goes on), convert it to the checkpoint's
-channels, predict (small images batched together, large ones tiled with the exact
-halo), write scores, overlay and finally the label map, each atomically. Under
-torchrun, rank r takes files r, r + world, ...; every rank writes a partial summary
-and rank 0 merges them after a barrier.
+Rank 0 walks the input once, deletes the temporaries killed runs left (one scan per output
+folder) and, under torchrun, splits the files between the ranks by pixel count read from
+their headers (largest first, to the least-loaded rank) and sends each rank its share.
+Per image: skip it when all requested results exist (unless overwrite); decode it in a
+reader thread ahead of the device (a broken file becomes a "failed" row, the run goes
+on); predict with the Predictor (small images of one size stacked into one pass, larger
+ones alone, tile by tile); write scores, overlay and finally the label map, each
+atomically, in the writer thread. Every row goes to this rank's journal the moment it is
+known; at the end rank 0 merges the journals (after a barrier) into summary.csv/json.
 """
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 
 from fcnseg import runtime
 from fcnseg.data.io import read_image
-from fcnseg.runtime import remove_stale_temps
+from fcnseg.runtime.files import remove_stale_temps_in
 
 from . import summary as summ
-from .model import Predictor, load_predictor, predict_whole
-from .outputs import ScoresFile, save_labels, save_overlay, save_scores, to_image_size
-from .paths import InputError, InputFile, check_output_path, find_collisions, find_inputs
-from .tiling import (auto_tile_size, build_window, dense_padding, forward_windows, label_dtype, plan_tiles,
-                     predict_tiled)
-
-@dataclass
-class InferenceSettings:
-    checkpoint: str
-    input: str
-    output: str
-    tile_size: int | None = None          # image pixels per tile side; None: from memory_mb; <=0: untiled
-    memory_mb: float = 2048.0             # budget for one forward pass when tile_size is None
-    overwrite: bool = False
-    device: str = "auto"                  # auto | cpu | cuda | cuda:<index>
-    batch_size: int = 8                   # small images (or tiles) per forward pass
-    save_overlay: bool = False
-    save_scores: bool = False             # float16 (K, H/s, W/s) .npy
-    check: bool = False                   # compare with the patch-by-patch reference on `region`, label nothing
-    region: Sequence[int] | None = None   # check: (top, left, height, width); None: centre 32x32
-    output_stride: int = 1
-    head: int | str | None = None         # several outputs: the one to label with (name or index); None: first
-    amp: bool = True                      # mixed precision on CUDA (bf16 where supported, else fp16)
-    channels_last: bool = True
-    summary: Sequence[str] = ("csv", "json")
-    overlay_alpha: float = 0.5
-    patch_batch_size: int = 256           # check: patches per classifier call
-    dist_timeout_s: float = 7 * 24 * 3600  # how long rank 0 waits for the slowest rank
-
-    def validate(self) -> None:
-        if not isinstance(self.check, bool):
-            raise ValueError(f"check must be true or false, got {self.check!r}")
-        if int(self.batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.tile_size is None and not float(self.memory_mb) > 0:
-            raise ValueError("tile_size=null needs a positive memory_mb to choose the tile size")
-        if int(self.output_stride) < 1:
-            raise ValueError(f"output_stride must be >= 1, got {self.output_stride}")
-        if self.region is not None and len(self.region) != 4:
-            raise ValueError(f"region must be [top, left, height, width], got {list(self.region)}")
-        if not self.summary or any(f not in summ.FORMATS for f in self.summary):
-            raise ValueError(f"summary must be a non-empty list of {summ.FORMATS}, got {list(self.summary)}")
-        if not self.output:
-            raise ValueError("output= is empty; give the folder for the results")
+from .model import Predictor, load_predictor
+from .outputs import ScoresFile, save_labels, save_overlay, save_scores
+from .paths import (InputError, InputFile, balance_by_pixels, check_output_path, find_collisions,
+                    find_inputs, image_pixels)
+from .pipeline import Writer, read_ahead
+from .settings import InferenceSettings
+from .tiling import predict_tiled
 
 
 @dataclass
@@ -89,6 +58,14 @@ def _error_text(e: BaseException) -> str:
     return str(e) if isinstance(e, (ValueError, InputError)) else f"{type(e).__name__}: {e}"
 
 
+def result_kinds(cfg: InferenceSettings) -> list[str]:
+    return ["labels"] + (["overlay"] if cfg.save_overlay else []) + (["scores"] if cfg.save_scores else [])
+
+
+def _is_done(cfg: InferenceSettings, item: InputFile, out_dir: Path) -> bool:
+    return not (cfg.check or cfg.overwrite) and all(item.output(out_dir, k).exists() for k in result_kinds(cfg))
+
+
 @dataclass
 class _Job:
     item: InputFile
@@ -101,20 +78,23 @@ class _Job:
 
 
 class _Run:
-    def __init__(self, cfg: InferenceSettings, pred: Predictor, out_dir: Path, tile: int | None,
-                 log: Callable[[str], None]):
-        self.cfg, self.pred, self.out_dir, self.tile, self.log = cfg, pred, out_dir, tile, log
-        self.rows: list[dict] = []
-        self.pending: dict[tuple[int, int], list[tuple[_Job, torch.Tensor]]] = {}
-        self.kinds = ["labels"] + (["overlay"] if cfg.save_overlay else []) + \
-                     (["scores"] if cfg.save_scores else [])
-        self.amp = bool(cfg.amp)  # runtime.amp_dtype: full precision on the CPU whatever this says
-        self.n_total = 0
+    def __init__(self, cfg: InferenceSettings, pred: Predictor, out_dir: Path, journal: summ.Journal,
+                 writer: Writer, log: Callable[[str], None], progress=None):
+        self.cfg, self.pred, self.out_dir, self.log = cfg, pred, out_dir, log
+        self.journal, self.writer, self.progress = journal, writer, progress
+        self.pending: dict[tuple, list[_Job]] = {}
+        self.kinds = result_kinds(cfg)
+        self.n_done, self.n_total = 0, 0
+        self._lock = threading.Lock()
 
-    # -- bookkeeping ---------------------------------------------------------------------
+    # -- bookkeeping (any thread) ----------------------------------------------------------
     def _add(self, r: dict) -> None:
-        self.rows.append(r)
-        msg = f"[{len(self.rows)}/{self.n_total}] {r['file']}: {r['status']}"
+        self.journal.append(r)
+        with self._lock:
+            self.n_done += 1
+            msg = f"[{self.n_done}/{self.n_total}] {r['file']}: {r['status']}"
+            if self.progress is not None:
+                self.progress.update(1)
         if r["status"] == "ok":
             msg += f" ({r['seconds']:.2f} s)"
         if r["error"]:
@@ -123,14 +103,14 @@ class _Run:
 
     def _fail(self, job_or_item, e: BaseException, seconds: float = 0.0) -> None:
         item = job_or_item.item if isinstance(job_or_item, _Job) else job_or_item
-        h = getattr(job_or_item, "height", None)
-        w = getattr(job_or_item, "width", None)
-        self._add(summ.row(str(item.rel), "failed", height=h, width=w,
-                           seconds=seconds + getattr(job_or_item, "seconds", 0.0),
-                           error=_error_text(e)))
+        self._add(summ.row(str(item.rel), "failed", height=getattr(job_or_item, "height", None),
+                           width=getattr(job_or_item, "width", None),
+                           seconds=seconds + getattr(job_or_item, "seconds", 0.0), error=_error_text(e)))
 
-    # -- per file ------------------------------------------------------------------------
-    def open(self, item: InputFile, clash: str | None) -> _Job | None:
+    # -- reader threads --------------------------------------------------------------------
+    def read(self, item_and_clash: tuple[InputFile, str | None]) -> _Job | None:
+        """Decode one file (a reader thread); None when it is skipped or failed (row written)."""
+        item, clash = item_and_clash
         t0 = time.perf_counter()
         try:
             if clash is not None:
@@ -139,7 +119,6 @@ class _Run:
             paths = {k: item.output(self.out_dir, k) for k in self.kinds}
             for p in paths.values():
                 check_output_path(p, self.out_dir)
-                remove_stale_temps(p)
             todo = [k for k in self.kinds if self.cfg.overwrite or not paths[k].exists()]
             if not self.cfg.check and not todo:
                 self._add(summ.row(str(item.rel), "skipped", output=item.output_rel("labels"),
@@ -147,55 +126,48 @@ class _Run:
                 return None
             image = read_image(item.path)
             raw = self.pred.prepare(image)
-            keep = image if "overlay" in todo else None
-            return _Job(item, todo, keep, raw, image.shape[0], image.shape[1],
-                        time.perf_counter() - t0)
+            return _Job(item, todo, image if "overlay" in todo else None, raw, image.shape[0],
+                        image.shape[1], time.perf_counter() - t0)
         except Exception as e:
             self._fail(item, e, time.perf_counter() - t0)
             return None
 
+    # -- main thread: the device -------------------------------------------------------------
     def process(self, job: _Job) -> None:
         if self.cfg.check:
             return self._check_against_patchwise(job)
         t0 = time.perf_counter()
-        pred = self.pred
         try:
-            if pred.dense is None:
-                p = predict_whole(pred, job.raw, amp=self.amp, channels_last=self.cfg.channels_last)
-                return self._finish(job, p.labels, p.scores, t0)
-            plan = plan_tiles(job.height, job.width, pred.dense.patch_size, pred.output_stride,
-                              self.tile)
-            if len(plan.origins) == 1:  # fits one window: batch it with images of its size
-                win = build_window(job.raw, *plan.window_indices(0, 0),
-                                   *dense_padding(pred.dense), pred.transform)
-                job.seconds += time.perf_counter() - t0
-                group = self.pending.setdefault(tuple(win.shape), [])
-                group.append((job, win))
-                if len(group) >= self.cfg.batch_size:
-                    self._flush(tuple(win.shape))
-                elif sum(map(len, self.pending.values())) > 4 * self.cfg.batch_size:
-                    self._flush(max(self.pending, key=lambda k: len(self.pending[k])))
-                return
-            scores_file = None
-            if "scores" in job.todo:
-                scores_file = ScoresFile(job.item.output(self.out_dir, "scores"),
-                                         (pred.score_channels, plan.rows, plan.cols))
-            try:
-                p = predict_tiled(pred.dense, job.raw, self.tile, transform=pred.transform,
-                                  batch_size=self.cfg.batch_size, amp=self.amp,
-                                  channels_last=self.cfg.channels_last, return_scores=False,
-                                  label_channels=pred.label_channels,
-                                  scores_out=None if scores_file is None else scores_file.array)
-            except BaseException as e:
-                if scores_file is not None:
-                    scores_file.abort(e)
-                raise
-            if scores_file is not None:
-                scores_file.close()
-                job.todo.remove("scores")
-            self._finish(job, p.labels, None, t0)
+            limit = self.pred.batch_limit(job.height, job.width)
         except Exception as e:
-            self._fail(job, e, time.perf_counter() - t0)
+            return self._fail(job, e, time.perf_counter() - t0)
+        job.seconds += time.perf_counter() - t0
+        if limit <= 1:
+            return self._predict_alone(job)
+        key = (job.raw.shape, job.raw.dtype.str)
+        group = self.pending.setdefault(key, [])
+        group.append(job)
+        if len(group) >= limit:
+            self._flush(key)
+        elif sum(map(len, self.pending.values())) > 4 * self.cfg.batch_size:
+            self._flush(max(self.pending, key=lambda k: len(self.pending[k])))
+
+    def _predict_alone(self, job: _Job) -> None:
+        """One image in its own pass(es): whole, or tile by tile; scores straight into their file."""
+        t0 = time.perf_counter()
+        scores_file = None
+        try:
+            if "scores" in job.todo:
+                s = self.pred.output_stride
+                scores_file = ScoresFile(job.item.output(self.out_dir, "scores"),
+                                         (self.pred.score_channels, -(-job.height // s), -(-job.width // s)))
+            p = self.pred.predict(job.raw, scores_out=None if scores_file is None else scores_file.array)
+        except Exception as e:
+            if scores_file is not None:
+                scores_file.abort(e)
+            return self._fail(job, e, time.perf_counter() - t0)
+        job.seconds += time.perf_counter() - t0
+        self.writer.submit(lambda: self._write(job, p, scores_file))
 
     def _flush(self, key) -> None:
         group = self.pending.pop(key, [])
@@ -203,44 +175,54 @@ class _Run:
             return
         t0 = time.perf_counter()
         try:
-            out = forward_windows(self.pred.dense, torch.stack([w for _, w in group]),
-                                  amp=self.amp, channels_last=self.cfg.channels_last)
-            out = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
-            # head=all: the labels are the first head's argmax
-            labels = out[:, :self.pred.label_channels].argmax(1).to("cpu", label_dtype(out.shape[1]))  # (B, h, w)
+            finish = self.pred.start_batch([j.raw for j in group], scores=any("scores" in j.todo for j in group))
         except Exception as e:
             share = (time.perf_counter() - t0) / len(group)
-            for job, _ in group:
+            for job in group:
                 self._fail(job, e, share)
             return
         share = (time.perf_counter() - t0) / len(group)
-        for (job, _), lab, sc in zip(group, labels, out):
+        for job in group:
             job.seconds += share
-            try:
-                g = (-(-job.height // self.pred.output_stride), -(-job.width // self.pred.output_stride))
-                if tuple(lab.shape) != g:
-                    raise RuntimeError(f"the network gave {tuple(lab.shape)} outputs, expected {g}")
-                self._finish(job, lab, sc, time.perf_counter())
-            except Exception as e:
-                self._fail(job, e)
+        self.writer.submit(lambda: self._write_group(group, finish))
 
     def flush_all(self) -> None:
         for key in list(self.pending):
             self._flush(key)
 
-    def _finish(self, job: _Job, labels: torch.Tensor, scores, t0: float) -> None:
+    # -- writer thread -----------------------------------------------------------------------
+    def _write_group(self, group: list[_Job], finish) -> None:
+        t0 = time.perf_counter()
+        try:
+            preds = finish()  # on CUDA: waits for this pass's results to reach the host
+        except Exception as e:
+            share = (time.perf_counter() - t0) / len(group)
+            for job in group:
+                self._fail(job, e, share)
+            return
+        for job, p in zip(group, preds):
+            self._write(job, p, None)
+
+    def _write(self, job: _Job, p, scores_file: ScoresFile | None) -> None:
         """Write what is still to write; the label map last (its presence marks the image done)."""
+        t0 = time.perf_counter()
         it, out = job.item, self.out_dir
-        if "scores" in job.todo and scores is not None:
-            save_scores(it.output(out, "scores"), scores)
-        grid = labels.numpy()
-        full = to_image_size(grid, job.height, job.width, self.pred.output_stride)
-        if "overlay" in job.todo:
-            save_overlay(it.output(out, "overlay"), job.image, full, self.pred.palette,
-                         self.cfg.overlay_alpha)
-        if "labels" in job.todo:
-            save_labels(it.output(out, "labels"), full, self.pred.palette)
-        job.image = job.raw = None
+        try:
+            if scores_file is not None:
+                scores_file.close()
+            elif "scores" in job.todo and p.scores is not None:
+                save_scores(it.output(out, "scores"), np.concatenate(list(p.scores.values())))
+            if "overlay" in job.todo:
+                save_overlay(it.output(out, "overlay"), job.image, p.labels, self.pred.palette,
+                             self.cfg.overlay_alpha)
+            if "labels" in job.todo:
+                save_labels(it.output(out, "labels"), p.labels, self.pred.palette)
+        except Exception as e:
+            if scores_file is not None:
+                scores_file.abort(e)
+            return self._fail(job, e, time.perf_counter() - t0)
+        finally:
+            job.image = job.raw = None
         self._add(summ.row(str(it.rel), "ok", output=it.output_rel("labels"), height=job.height,
                            width=job.width, seconds=job.seconds + time.perf_counter() - t0))
 
@@ -260,8 +242,8 @@ class _Run:
                 h, w = min(32, H), min(32, W)
                 region = ((H - h) // 2, (W - w) // 2, h, w)
             region = tuple(int(v) for v in region)
-            d = predict_tiled(pred.dense, job.raw, self.tile, transform=pred.transform,
-                              region=region, batch_size=self.cfg.batch_size, channels_last=self.cfg.channels_last)
+            d = predict_tiled(pred.dense, job.raw, pred.tile(), transform=pred.transform,
+                              region=region, channels_last=pred.channels_last)
             s = pred.output_stride
             rows = (d.row0 + torch.arange(d.labels.shape[0])) * s
             cols = (d.col0 + torch.arange(d.labels.shape[1])) * s
@@ -285,52 +267,95 @@ class _Run:
             self._fail(job, e, time.perf_counter() - t0)
 
 
-def resolve_tile_size(cfg: InferenceSettings, pred: Predictor) -> int | None:
-    if pred.dense is None:
-        return None
-    if cfg.tile_size is not None:
-        return int(cfg.tile_size)
-    # batch_size windows per pass (small images or tiles of a large one) share the budget
-    return auto_tile_size(pred.dense, pred.in_channels, cfg.memory_mb, batch_size=cfg.batch_size,
-                          amp=bool(cfg.amp),
-                          channels_last=cfg.channels_last)
+# -- the files of this rank -----------------------------------------------------------------
+
+def _from_rank0(obj, rank: int, timeout_s: float):
+    """Rank 0's ``obj`` on every rank (an exception is re-raised everywhere)."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+def plan_files(cfg: InferenceSettings, out_dir: Path, rank: int, world: int):
+    """(input root, this rank's files, name collisions, files of all ranks). Only rank 0 walks
+    the input, reads headers and cleans stale temporaries; the others receive their share."""
+    plan: object = None
+    if rank == 0:
+        try:
+            root, items = find_inputs(cfg.input, out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for folder in sorted({it.output(out_dir, "labels").parent for it in items}):
+                remove_stale_temps_in(folder)  # one scan per output folder, before anyone writes
+            clash = find_collisions(items)
+            if world > 1:  # finished images weigh nothing; the rest by pixels, from headers
+                pixels = [0 if _is_done(cfg, it, out_dir) else image_pixels(it.path) for it in items]
+                shares = [[items[i] for i in s] for s in balance_by_pixels(pixels, world)]
+            else:
+                shares = [items]
+            plan = (root, shares, clash, len(items))
+        except Exception as e:
+            plan = e
+    if world > 1:
+        plan = _from_rank0(plan, rank, cfg.dist_timeout_s)
+    elif isinstance(plan, BaseException):
+        raise plan
+    root, shares, clash, n_all = plan
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return root, shares[rank], clash, n_all
+
+
+def _console(bar) -> Callable[[str], None]:
+    if bar is None or bar.disable:
+        return print
+    return lambda msg: bar.write(msg, file=sys.stdout)
 
 
 def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
-                  log: Callable[[str], None] = print) -> RunResult:
+                  log: Callable[[str], None] | None = None) -> RunResult:
     """Run over every input file; returns the rows (all ranks' on rank 0) and summary paths."""
-    cfg.validate()
+    from tqdm import tqdm
+
     out_dir = Path(os.path.abspath(cfg.output))
-    root, items = find_inputs(cfg.input, out_dir)
     rank, world, _ = runtime.dist_env()
-    clash = find_collisions(items)
-    mine = [items[i] for i in runtime.shard(len(items), rank, world)]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pred = predictor or load_predictor(cfg.checkpoint, device=cfg.device,
-                                       output_stride=cfg.output_stride,
-                                       channels_last=cfg.channels_last, head=cfg.head)
-    tile = resolve_tile_size(cfg, pred)
+    root, mine, clash, n_all = plan_files(cfg, out_dir, rank, world)
+    pred = predictor or load_predictor(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
+                                       channels_last=cfg.use_channels_last, head=cfg.head,
+                                       tile_size=cfg.tile_size, memory_mb=cfg.memory_mb,
+                                       batch_size=cfg.batch_size, amp=cfg.amp)
+    tile = pred.tile()
     tag = f"rank {rank}/{world}: " if world > 1 else ""
-    log(f"{tag}{len(mine)} of {len(items)} images under {root} -> {out_dir} "
-        f"(device {pred.device}, tile_size {tile if tile else 'whole image'}, "
-        f"output_stride {pred.output_stride})")
-    run = _Run(cfg, pred, out_dir, tile, lambda m: log(tag + m))
-    run.n_total = len(mine)
-    with runtime.reuse_host_memory(pred.device):     # each image's maps reuse the pages of the last one's
-        for item in mine:
-            job = run.open(item, clash.get(str(item.rel)))
-            if job is not None:
-                run.process(job)
-        run.flush_all()
-    rows = run.rows
+    bar = tqdm(total=len(mine), unit="image", desc=f"rank {rank}" if world > 1 else "images",
+               position=rank if world > 1 else None, disable=not cfg.progress, dynamic_ncols=True)
+    say = log or _console(bar)
+    say(f"{tag}{len(mine)} of {n_all} images under {root} -> {out_dir} (device {pred.device}, "
+        f"tile_size {tile if tile else 'whole image'}, output_stride {pred.output_stride})")
+    journal = summ.Journal(out_dir, rank)
+    try:
+        with runtime.reuse_host_memory(pred.device), Writer(depth=2 * cfg.batch_size) as writer:
+            run = _Run(cfg, pred, out_dir, journal, writer, lambda m: say(tag + m), bar)
+            run.n_total = len(mine)
+            reads = read_ahead([(it, clash.get(str(it.rel))) for it in mine], run.read,
+                               cfg.workers, cfg.read_ahead)
+            for job in reads:
+                if job is not None:
+                    run.process(job)
+            run.flush_all()
+    finally:
+        journal.close()
+        bar.close()
     if world > 1:
-        summ.write_partial(out_dir, rank, rows)
+        own = summ.read_journal(journal.path)  # before rank 0 merges and removes it
         runtime.barrier(cfg.dist_timeout_s)
         if rank != 0:
-            return RunResult(rows, [], tile)
-        rows = summ.merge_partials(out_dir, world)
+            return RunResult(own, [], tile)
+    rows = summ.merge_journals(out_dir, world)
     files = summ.write_summary(out_dir, rows, tuple(cfg.summary))
     c = summ.counts(rows)
-    log(f"{tag}done: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed; summary in "
+    say(f"{tag}done: {c['ok']} ok, {c['skipped']} skipped, {c['failed']} failed; summary in "
         f"{', '.join(str(f) for f in files)}")
     return RunResult(rows, files, tile)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from pathlib import Path
 
 from fcnseg.runtime import write_text_atomic
@@ -50,23 +51,60 @@ def write_summary(out_dir: Path, rows: list[dict], formats=FORMATS) -> list[Path
     return written
 
 
-def partial_path(out_dir: Path, rank: int) -> Path:
-    return out_dir / f".summary.rank{rank}.json"
+# -- journals: each rank appends a JSON line per finished file, so a crash loses no bookkeeping
+
+JOURNAL_GLOB = ".summary.rank*.jsonl"
 
 
-def write_partial(out_dir: Path, rank: int, rows: list[dict]) -> None:
-    write_text_atomic(partial_path(out_dir, rank), json.dumps(rows))
+def journal_path(out_dir: Path, rank: int) -> Path:
+    return out_dir / f".summary.rank{rank}.jsonl"
 
 
-def merge_partials(out_dir: Path, world_size: int) -> list[dict]:
-    """Rows of ranks 0..world_size-1 (all must have written theirs); the partials are removed."""
+class Journal:
+    """This rank's rows as JSON lines, appended and flushed one by one (from any thread):
+    a process killed at any point leaves every finished row on disk, at worst followed by
+    half a line that read_journal skips. Each run starts its journal afresh."""
+
+    def __init__(self, out_dir: Path, rank: int):
+        self.path = journal_path(out_dir, rank)
+        self._file = open(self.path, "w", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def append(self, row: dict) -> None:
+        line = json.dumps(row) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def read_journal(path: Path) -> list[dict]:
+    """The complete rows of a journal; a last line cut short by a kill is left out."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if line.endswith("\n"):
+                    raise ValueError(f"{path}: line {len(rows) + 1} is not a summary row; delete "
+                                     f"the file and rerun (finished images are skipped)") from None
+    return rows
+
+
+def merge_journals(out_dir: Path, world_size: int) -> list[dict]:
+    """Rows of ranks 0..world_size-1 (each must have started its journal); then every
+    journal in out_dir is removed, those of an earlier run with more ranks included."""
     rows = []
     for r in range(world_size):
-        p = partial_path(out_dir, r)
+        p = journal_path(out_dir, r)
         if not p.exists():
-            raise RuntimeError(f"rank {r} wrote no partial summary {p}; it probably crashed, "
+            raise RuntimeError(f"rank {r} wrote no summary journal {p}; it probably crashed, "
                                f"see its log. Its finished images are on disk: rerun to resume")
-        rows += json.loads(p.read_text(encoding="utf-8"))
-    for r in range(world_size):
-        partial_path(out_dir, r).unlink()
+        rows += read_journal(p)
+    for p in out_dir.glob(JOURNAL_GLOB):
+        p.unlink(missing_ok=True)
     return rows

@@ -32,6 +32,22 @@ def remove_stale_temps(path: str | os.PathLike) -> int:
     return n
 
 
+def remove_stale_temps_in(folder: str | os.PathLike) -> int:
+    """Delete every temporary in ``folder`` (not below it) with one directory scan, for a
+    run that cleans a whole output folder before it writes there; returns how many."""
+    n = 0
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for e in entries:
+        if e.name.startswith(".") and e.name.endswith(TMP_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(e.path)
+                n += 1
+    return n
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

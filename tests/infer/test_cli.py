@@ -55,7 +55,7 @@ def test_cli_refusal_exit_code_2(ckpt, image_tree):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         cfg = compose("infer", overrides=[f"checkpoint={ckpt}", f"input={image_tree}",
                                           "output=x", "+tile_sise=3"])  # a typo
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(ValueError, match="tile_sise: unknown setting"):
         tool.settings_from(cfg)
 
 

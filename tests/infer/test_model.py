@@ -92,3 +92,70 @@ def test_cuda_predictor_gives_the_cpu_labels(tmp_path, monkeypatch):
     b = predict_tiled(gpu.dense, raw, 16, transform=gpu.transform)  # float32: no autocast
     torch.testing.assert_close(b.scores, a.scores, atol=1e-4, rtol=1e-4)
     assert (a.labels == b.labels).float().mean() > 0.999
+
+
+# -- the one-image API: predict() -------------------------------------------------------------
+
+def test_predict_chooses_tiles_and_gives_the_whole_image_labels(tmp_path):
+    """Tiled (tile 12 on a 70x53 image) and whole-image predict() against an independent
+    float64 pass of the dense network over the whole image: labels at every pixel."""
+    ck = write_checkpoint(tmp_path / "toy.pt", num_classes=4, in_channels=3, pad_mode="reflect")
+    img = random_image(70, 53, 3, seed=9)
+    ref = load_predictor(ck, device="cpu", channels_last=False, dtype=torch.float64)
+    with torch.no_grad():
+        want = ref.dense(ref.transform(ref.prepare(img))[None].double())[0]
+    tiled = load_predictor(ck, device="cpu", tile_size=12, dtype=torch.float64)
+    whole = load_predictor(ck, device="cpu", tile_size=0, dtype=torch.float64)
+    assert tiled.batch_limit(70, 53) == 1 and whole.batch_limit(70, 53) == whole.batch_size
+    a, b = tiled.predict(img, scores=True), whole.predict(img, scores=True)
+    assert a.labels.shape == (70, 53) and a.labels.dtype == np.uint8
+    assert np.array_equal(a.labels, want.argmax(0).numpy()) and np.array_equal(a.labels, b.labels)
+    assert list(a.scores) == [0] and a.scores[0].shape == (4, 70, 53)
+    np.testing.assert_allclose(a.scores[0], want.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(b.scores[0], want.numpy(), rtol=0, atol=1e-12)
+    assert a.stride == 1 and tiled.predict(img).scores is None
+
+
+def test_predict_at_a_stride_labels_every_pixel_and_batches_equal_one_by_one(tmp_path):
+    ck = write_checkpoint(tmp_path / "toy.pt")
+    pred = load_predictor(ck, device="cpu", output_stride=2, tile_size=64)
+    imgs = [random_image(18, 22, 3, seed=s) for s in range(5)] + [random_image(25, 13, 3, seed=9)]
+    assert pred.batch_limit(18, 22) > 1
+    one = [pred(im, scores=True) for im in imgs]          # the predictor is a callable
+    many = pred.predict_batch(imgs, scores=True)
+    for p, q in zip(one, many):
+        assert p.labels.shape == q.labels.shape and np.array_equal(p.labels, q.labels)
+        np.testing.assert_allclose(p.scores[0], q.scores[0], rtol=1e-5, atol=1e-5)
+    assert one[0].labels.shape == (18, 22) and one[0].scores[0].shape == (5, 9, 11)
+    assert np.array_equal(one[0].labels[::2, ::2], one[0].scores[0].argmax(0))
+
+
+def test_predictor_pickles_to_the_same_labels(tmp_path):
+    """What a Ray or Spark worker receives: the pickle rebuilds the predictor from the
+    checkpoint's weights (the file itself is not needed) and labels identically."""
+    import pickle
+    ck = write_checkpoint(tmp_path / "toy.pt", num_classes=4, pad_mode="replicate")
+    pred = load_predictor(ck, device="cpu", tile_size=None, memory_mb=1)
+    img = random_image(40, 31, 3, seed=4)
+    want = pred.predict(img, scores=True)
+    blob = pickle.dumps(pred)
+    ck.unlink()
+    again = pickle.loads(blob)
+    assert again is not pred and again.tile() == pred.tile() and again.patch_size == pred.patch_size
+    got = again(img, scores=True)
+    assert np.array_equal(got.labels, want.labels)
+    np.testing.assert_array_equal(got.scores[0], want.scores[0])
+    pred.source = None  # made by hand: refused with a message, not a broken pickle
+    with pytest.raises(TypeError, match="load_predictor"):
+        pickle.dumps(pred)
+
+
+def test_predict_whole_network_and_a_path(smp_checkpoint, tmp_path):
+    from PIL import Image
+    pred = load_predictor(smp_checkpoint, device="cpu", channels_last=False)
+    raw = random_image(29, 35, 3, seed=5)
+    Image.fromarray(raw).save(tmp_path / "x.png")
+    p = pred.predict(tmp_path / "x.png", scores=True)
+    want = predict_whole(pred, raw)
+    assert pred.batch_limit(29, 35) == 1 and pred.tile() is None
+    assert np.array_equal(p.labels, want.labels.numpy()) and p.scores[0].shape == (3, 29, 35)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from fcnseg.infer.paths import InputError, check_output_path, find_collisions, find_inputs
+from fcnseg.infer.paths import (InputError, balance_by_pixels, check_output_path, find_collisions,
+                                 find_inputs, image_pixels)
 
 
 def _touch(root, *names):
@@ -57,3 +58,27 @@ def test_collisions_name_the_earlier_input(tmp_path):
     _, items = find_inputs(str(tmp_path / "in"), tmp_path / "out")
     assert find_collisions(items) == {"a.png": "a.jpg"}
     assert isinstance(items[0].path, Path)
+
+
+def test_balance_by_pixels_largest_first_to_the_least_loaded_rank():
+    pixels = [100, 1, 50, 50, 30, 20, 0, 0]
+    shares = balance_by_pixels(pixels, 2)
+    assert sorted(i for s in shares for i in s) == list(range(8))  # every file exactly once
+    assert all(s == sorted(s) for s in shares)
+    loads = [sum(max(1, pixels[i]) for i in s) for s in shares]
+    assert sorted(loads) == [123, 130]  # the best split; index modulo 2 gives 181 vs 72
+    assert shares == balance_by_pixels(pixels, 2)  # every rank computes the same split
+    assert balance_by_pixels(pixels, 3)[0] == [0]  # the largest file alone on one rank
+    assert balance_by_pixels([5], 3) == [[0], [], []]
+
+
+def test_image_pixels_from_headers(tmp_path):
+    from PIL import Image
+    import numpy as np
+    import tifffile
+    Image.fromarray(np.zeros((30, 20), np.uint8)).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((64, 48, 3), np.uint8), tile=(16, 16))
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    assert image_pixels(tmp_path / "a.png") == 600
+    assert image_pixels(tmp_path / "b.tif") == 64 * 48
+    assert image_pixels(tmp_path / "c.png") == 0

@@ -174,3 +174,64 @@ def test_patch_checker_sees_a_wrong_dense_net(ckpt, tmp_path):
     res = run_inference(settings(ckpt, img, tmp_path / "out", check=True, region=[0, 0, 4, 4]),
                         predictor=pred, log=lambda m: None)
     assert res.rows[0]["max_abs_diff"] > 1e-3
+
+
+def test_stale_temporaries_are_cleaned_with_one_scan_per_output_folder(ckpt, tmp_path, monkeypatch):
+    """O(N) bookkeeping: 12 images in 2 folders -> 2 scans, whatever the number of images."""
+    import fcnseg.infer.runner as runner
+    from fcnseg import runtime
+    for i in range(12):
+        save(tmp_path / "in" / ("a" if i % 2 else "b") / f"im{i}.png", random_image(12, 14, 3, seed=i))
+    out = tmp_path / "out"
+    stale = [out / "a" / ".im1.png.999.fcnseg-tmp", out / "b" / ".im0.scores.npy.12.fcnseg-tmp"]
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half a file")
+    scanned = []
+    real = runner.remove_stale_temps_in
+    monkeypatch.setattr(runner, "remove_stale_temps_in", lambda d: scanned.append(d) or real(d))
+    monkeypatch.setattr(runtime, "remove_stale_temps", lambda p: pytest.fail("one glob per image"))
+    res = run_inference(settings(ckpt, tmp_path / "in", out), log=lambda m: None)
+    assert res.failed == 0 and len(res.rows) == 12
+    assert sorted(scanned) == [out / "a", out / "b"]
+    assert not any(p.exists() for p in stale) and len(list(out.rglob("im*.png"))) == 12
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_file_is_reported_and_the_folder_goes_on(ckpt, tmp_path, workers):
+    for i in range(6):
+        save(tmp_path / "in" / f"im{i}.png", random_image(16, 16, 3, seed=i))
+    good = (tmp_path / "in" / "im0.png").read_bytes()
+    (tmp_path / "in" / "im2.png").write_bytes(good[: len(good) // 2])  # truncated, mid-folder
+    lines = []
+    res = run_inference(settings(ckpt, tmp_path / "in", tmp_path / "out", read_workers=workers,
+                                 read_ahead=2, batch_size=2), log=lines.append)
+    st = {r["file"]: r for r in res.rows}
+    assert st["im2.png"]["status"] == "failed" and "im2.png" in st["im2.png"]["file"]
+    assert "truncated" in st["im2.png"]["error"]
+    assert [f for f, r in sorted(st.items()) if r["status"] == "ok"] == [f"im{i}.png" for i in (0, 1, 3, 4, 5)]
+    assert any("im2.png: failed" in m and "truncated" in m for m in lines)
+    doc = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert doc["counts"] == {"ok": 5, "skipped": 0, "failed": 1}
+    assert not list((tmp_path / "out").glob(".summary.rank*"))  # journal merged and removed
+
+
+def test_small_images_are_stacked_and_large_ones_run_alone(ckpt, tmp_path, monkeypatch):
+    """batch_size stacks only images whose windows together hold at most one tile's pixels;
+    an image that needs tiles runs alone, one tile per pass."""
+    from fcnseg.infer import model as model_mod
+    for i in range(4):
+        save(tmp_path / "in" / f"s{i}.png", random_image(10, 10, 3, seed=i))
+    save(tmp_path / "in" / "large.png", random_image(60, 50, 3, seed=7))
+    stacks, tiled = [], []
+    start, whole_tiles = model_mod.Predictor.start_batch, model_mod.predict_tiled
+    monkeypatch.setattr(model_mod.Predictor, "start_batch",
+                        lambda self, raws, **kw: stacks.append(len(raws)) or start(self, raws, **kw))
+    monkeypatch.setattr(model_mod, "predict_tiled",
+                        lambda *a, **kw: tiled.append(kw["batch_size"]) or whole_tiles(*a, **kw))
+    res = run_inference(settings(ckpt, tmp_path / "in", tmp_path / "out", tile_size=24, batch_size=8),
+                        log=lambda m: None)
+    assert res.failed == 0
+    limit = load_predictor(ckpt, device="cpu", tile_size=24).batch_limit(10, 10)
+    assert 1 < limit < 4  # a 10x10 window (halo included) holds under half a 24x24 tile's pixels
+    assert tiled == [1] and sorted(stacks) == sorted([limit, 4 - limit])

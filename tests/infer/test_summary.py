@@ -25,11 +25,30 @@ def test_summary_sorted_with_extra_columns(tmp_path):
         summ.write_summary(tmp_path, _rows(), ("xml",))
 
 
-def test_partials_of_every_rank_merge_and_are_removed(tmp_path):
+def test_journals_stream_rows_and_merge_across_ranks(tmp_path):
     a, b = _rows()
-    summ.write_partial(tmp_path, 0, [a])
-    with pytest.raises(RuntimeError, match="rank 1 wrote no partial summary"):
-        summ.merge_partials(tmp_path, 2)
-    summ.write_partial(tmp_path, 1, [b])
-    assert summ.merge_partials(tmp_path, 2) == [a, b]
+    j0 = summ.Journal(tmp_path, 0)
+    j0.append(a)
+    # appended and flushed: readable while the run goes on (a crash loses nothing written)
+    assert summ.read_journal(summ.journal_path(tmp_path, 0)) == [a]
+    j0.close()
+    with pytest.raises(RuntimeError, match="rank 1 wrote no summary journal"):
+        summ.merge_journals(tmp_path, 2)
+    j1 = summ.Journal(tmp_path, 1)
+    j1.append(b)
+    j1.close()
+    (tmp_path / ".summary.rank5.jsonl").write_text("")  # left by an earlier run with more ranks
+    assert summ.merge_journals(tmp_path, 2) == [a, b]
     assert not list(tmp_path.iterdir())
+
+
+def test_a_killed_ranks_journal_still_lists_every_finished_file(tmp_path):
+    """SIGKILL in the middle of a write leaves half a line at the end: the merge keeps
+    every complete row and drops only that half line."""
+    rows = [summ.row(f"im{i}.png", "ok", output=f"im{i}.png", height=4, width=4) for i in range(3)]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    summ.journal_path(tmp_path, 0).write_text(text + json.dumps(summ.row("cut.png", "ok"))[:17])
+    assert summ.merge_journals(tmp_path, 1) == rows
+    summ.journal_path(tmp_path, 0).write_text("not json\n" + text)  # damage in the middle is an error
+    with pytest.raises(ValueError, match="line 1 is not a summary row"):
+        summ.read_journal(summ.journal_path(tmp_path, 0))
