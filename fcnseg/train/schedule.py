@@ -6,10 +6,13 @@ a 12-image dataset and a 10,000-image dataset then get the same amount of learni
 the same settings, and validation/checkpoints come every `eval_every` steps instead of
 after every (possibly two-step) epoch.
 """
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # steps="auto": nine passes over the training set, at least 300 and at most 1200 steps.
 # Nine epochs is what the demo needs (1125 steps: val mIoU 0.509); a dozen tiles get 300
@@ -33,6 +36,10 @@ class StepPlan:
             total = trainer.epochs * steps_per_epoch
         elif trainer.steps == "auto":
             total = min(AUTO_MAX_STEPS, max(AUTO_MIN_STEPS, AUTO_EPOCHS * steps_per_epoch))
+            if total < AUTO_EPOCHS * steps_per_epoch:
+                logger.warning("trainer.steps=auto stops at %d steps: %.2f passes over the %d batches of the "
+                               "training set; a large dataset wants trainer.steps=N (or a preset, "
+                               "+experiment=voc|cityscapes|ade20k)", total, total / steps_per_epoch, steps_per_epoch)
         else:
             total = trainer.steps
         if trainer.max_steps:

@@ -49,3 +49,14 @@ def test_preset_choices_stay_overridable():
                                          "trainer.steps=40000", "trainer.batch_size=8"]))
     assert (s.model.builder, s.model.name, s.model.kwargs.get("encoder_name")) == ("zoo", "patchnet", None)
     assert (s.trainer.steps, s.trainer.batch_size, s.data.kind) == (40000, 8, "voc")
+
+
+def test_auto_steps_warn_when_the_cap_cuts_a_large_dataset_short(caplog):
+    from fcnseg.train.schedule import StepPlan
+    from fcnseg.train.settings import TrainerSettings
+
+    with caplog.at_level("WARNING", logger="fcnseg.train.schedule"):
+        assert StepPlan.from_settings(TrainerSettings(), 125).total_steps == 1125  # the demo: nine passes
+        assert not caplog.records
+        assert StepPlan.from_settings(TrainerSettings(), 2500).total_steps == 1200
+    assert "0.48 passes" in caplog.text and "trainer.steps=N" in caplog.text
