@@ -13,7 +13,9 @@ convolution kernels.
 
 Images are usually kept in their raw dtype (uint8/uint16, H x W x C) and converted
 to float per window by a ``transform``; conversion and normalisation are per-pixel,
-so converting a window equals cropping the converted image.
+so converting a window equals cropping the converted image. An image too large to hold
+is an ImageSource (fcnseg.data.regions): each window reads only the block of rows and
+columns it folds onto.
 """
 from __future__ import annotations
 
@@ -70,18 +72,34 @@ def image_hw(image) -> tuple[int, int]:
         if image.dim() == 3:
             return int(image.shape[1]), int(image.shape[2])
         raise ValueError(f"expected an image (C, H, W) or (1, C, H, W), got {tuple(image.shape)}")
+    if _is_source(image):
+        return int(image.height), int(image.width)
     shape = np.shape(image)
     if len(shape) not in (2, 3):
         raise ValueError(f"expected an array (H, W) or (H, W, C), got shape {shape}")
     return int(shape[0]), int(shape[1])
 
 
+def _is_source(image) -> bool:
+    """An ImageSource (fcnseg.data.regions): read by region, never whole."""
+    return hasattr(image, "read") and hasattr(image, "height") and hasattr(image, "width")
+
+
+def _read_folded(image, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Raw pixels at image rows r x cols c (inside the image)."""
+    if not _is_source(image):
+        return np.asarray(image)[r][:, c]
+    r0, c0 = int(r.min()), int(c.min())
+    block = image.read(r0, c0, int(r.max()) - r0 + 1, int(c.max()) - c0 + 1)
+    return block[r - r0][:, c - c0]
+
+
 def build_window(image, rows: np.ndarray, cols: np.ndarray, pad_mode: str, pad_value: float,
                  transform: Transform | None = None) -> torch.Tensor:
     """The padded window at image coordinates rows x cols (either may run outside).
 
-    image: a float tensor (C, H, W) / (1, C, H, W) used as is, or a raw array
-    (H, W[, C]) turned into a float tensor by ``transform``. Returns (C, len(rows), len(cols)).
+    image: a float tensor (C, H, W) / (1, C, H, W) used as is, or a raw array (H, W[, C]) or an
+    ImageSource turned into a float tensor by ``transform``. Returns (C, len(rows), len(cols)).
     """
     H, W = image_hw(image)
     r = fold_index(rows, H, pad_mode)
@@ -94,8 +112,7 @@ def build_window(image, rows: np.ndarray, cols: np.ndarray, pad_mode: str, pad_v
     else:
         if transform is None:
             raise ValueError("a raw (H, W, C) array needs a transform= that makes it a float tensor")
-        arr = np.asarray(image)
-        win = transform(np.ascontiguousarray(arr[r][:, c]))
+        win = transform(np.ascontiguousarray(_read_folded(image, r, c)))
         if win.dim() != 3 or tuple(win.shape[1:]) != (len(rows), len(cols)):
             raise ValueError(f"transform returned shape {tuple(win.shape)}, expected "
                              f"(C, {len(rows)}, {len(cols)})")
@@ -249,9 +266,11 @@ def _check_window_output(out: torch.Tensor, plan: TilePlan, dense: nn.Module):
 
 def iter_tile_outputs(dense: nn.Module, image, plan: TilePlan, *, pad_mode: str, pad_value: float,
                       transform: Transform | None = None, batch_size: int = 1, amp: bool = False,
-                      channels_last: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (m0, n0, scores (K, tile_rows, tile_cols)) tile by tile, batch_size windows per pass."""
-    origins = plan.origins
+                      channels_last: bool = False, origins: Sequence[tuple[int, int]] | None = None
+                      ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (m0, n0, scores (K, tile_rows, tile_cols)) tile by tile, batch_size windows per pass;
+    origins: the tiles to compute (default: all of the plan's)."""
+    origins = plan.origins if origins is None else list(origins)
     for b in range(0, len(origins), max(1, int(batch_size))):
         chunk = origins[b:b + max(1, int(batch_size))]
         wins = [build_window(image, *plan.window_indices(m0, n0), pad_mode, pad_value, transform)
