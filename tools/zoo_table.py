@@ -35,6 +35,24 @@ equals the classifier on each crop only for a network without padding.
 |---|---|---|---|---|---|---|---|---|---|
 """
 
+FOOTER = """
+## References
+
+The networks' recipes come from their papers (named in each module of `fcnseg/zoo/`) and from the
+lecture notes the project grew from:
+
+- Hongsheng Li, Rui Zhao, Xiaogang Wang, "Highly Efficient Forward and Backward Propagation of
+  Convolutional Neural Networks for Pixelwise Classification", arXiv:1412.4526, 2014: the method.
+- Xiaogang Wang, "Convolutional Neural Network", lecture slides, 2 February 2015: the 15x15 worked
+  example (`toy`) and the tables behind `alexnet`, `clarifai`, `overfeat_*`, `cnn_f/m/s`, `deep_image`,
+  `vgg*`, `nin`, `googlenet`.
+- Seetha Parameswaran, "Deep Learning Module #5: Convolutional Neural Network [CNN]", BITS Pilani:
+  LeNet-5 to ResNet, MobileNet, ShuffleNet, DenseNet, EfficientNet.
+- Charles Ollion and Olivier Grisel, "Convolutional Neural Networks", lecture slides.
+- Dima Damen, "COMSM0045: Convolutional Neural Networks (Part 2)", University of Bristol, 11 October 2020.
+- Giacomo Boracchi, "Famous CNN Architectures and CNN Visualization", lecture slides.
+"""
+
 
 def row(name: str) -> str:
     p, weights = ("-", "-"), "yes" if zoo.has_published_weights(name) else "no"
@@ -61,7 +79,7 @@ def main() -> None:
         rows.append(row(name))
         print(f"{name}: {time.time() - t:.1f} s", flush=True)
     with open(args.out, "w") as f:
-        f.write(HEADER + "\n".join(rows) + "\n")
+        f.write(HEADER + "\n".join(rows) + "\n" + FOOTER)
     print(f"wrote {args.out}")
 
 

@@ -1,4 +1,4 @@
-"""The classification zoo: every network of the lecture notes, and the torchvision/timm
+"""The classification zoo: every network of the lecture notes (README, References), and the torchvision/timm
 classifiers, as patch classifiers that `fcnseg.densify` converts exactly.
 
     model = fcnseg.zoo.create("vgg16", num_classes=21)          # valid padding

@@ -1,13 +1,14 @@
-"""AlexNet and its 2013-2014 relatives, as the lecture tables give them.
+"""AlexNet and its 2013-2014 relatives, as the tables of Wang's lecture notes give them
+(README, References).
 
 Each is a layer table (see classic.py) plus the paper's final map before fc6; the input
 size is computed from both (AlexNet, CNN-F/M, Clarifai: 227; OverFeat fast: 231,
 accurate: 221; CNN-S: 233).
 
-- alexnet: Krizhevsky et al. 2012 as in the lecture table: conv1 96 11x11/4 pad 0, LRN,
+- alexnet: Krizhevsky et al. 2012 as in the notes' table: conv1 96 11x11/4 pad 0, LRN,
   max 3/2, conv2 256 5x5 pad 2, LRN, max 3/2, conv3 384, conv4 384, conv5 256 (3x3 pad 1),
   max 3/2, fc 4096, 4096. Single-tower (ungrouped): conv 3.7M + FC 58.6M = 62,378,344
-  parameters with 1000 classes, the lecture's numbers; the original two-GPU split (groups=2
+  parameters with 1000 classes, the notes' numbers; the original two-GPU split (groups=2
   in conv2/4/5) has 60,965,224. LRN follows the ReLU and precedes pooling, as in the paper.
 - alexnet_torchvision: torchvision's variant (64/192/384/256/256 channels, conv1 pad 2, no
   LRN, adaptive 6x6 average pool), the one with published ImageNet weights.

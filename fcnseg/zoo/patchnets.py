@@ -149,7 +149,7 @@ def patchnet_layers(patch_size):
     return spec, head_map
 
 
-# Ciresan et al. (NIPS 2012) EM membrane segmentation net, as in the lecture notes:
+# Ciresan et al. (NIPS 2012) EM membrane segmentation net:
 # conv 4x4x48, max 2, conv 5x5x48, max 2, conv 4x4x48, max 2, conv 4x4x48, max 2,
 # fc 200, fc 2 on 95x95 gray patches (95 is what the backward walk returns).
 MEMBRANE = [("conv", 48, 4), ("pool", 2), ("conv", 48, 5), ("pool", 2),

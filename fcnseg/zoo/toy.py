@@ -1,4 +1,5 @@
-"""The lecture's worked example of pixelwise classification (15x15 patch -> 1x1 output).
+"""The worked example of pixelwise classification in Wang's lecture notes (README,
+References): a 15x15 patch -> 1x1 output.
 
 Layers (size/stride): conv1 2x2/1, pool1 2x2/2, conv2 2x2/1, pool2 3x3/3, conv3 2x2/1.
 Its even kernels and the stride-3 pool make it the smallest net that exercises alignment.

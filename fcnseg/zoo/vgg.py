@@ -6,7 +6,8 @@ avgpool, classifier.0/3/6), so its published weights load as they are.
 - vgg11 (A), vgg11_lrn (A-LRN: LRN after the first conv), vgg13 (B), vgg16_c (C: the third
   conv of stages 3-5 is 1x1), vgg16 (D), vgg19 (E): 3x3 pad 1 convs, 2x2/2 max pools,
   fc 4096, 4096. vgg16 with 1000 classes: 138,357,544 parameters.
-- deep_image: configuration D with fc 6144, 6144 (the lecture's Deep Image table).
+- deep_image: configuration D with fc 6144, 6144 (the Deep Image table of Wang's lecture
+  notes, README References).
 The fc6 input (7x7) and the 224 input are the architecture's; 224 = 7 * 2**5 is computed.
 """
 import torch
