@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fcnseg.extras import require
+
 from .errors import ImageReadError
 
 #: Extensions that dataset scanners treat as images.
@@ -166,7 +168,7 @@ def _read_16bit_planar_tiff(path: Path) -> np.ndarray:
 
 
 def _read_16bit(path: Path, img: Image.Image) -> np.ndarray:
-    import cv2  # imported lazily: only 16-bit files need it
+    cv2 = require("cv2", "reading 16-bit images")  # imported lazily: only 16-bit files need it
 
     if img.format == "TIFF" and img.tag_v2.get(284, 1) == 2 and img.tag_v2.get(277, 1) > 1:
         arr = _read_16bit_planar_tiff(path)
@@ -218,7 +220,8 @@ def _pil_to_array(path: Path, img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def read_image(path: str | os.PathLike, *, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, *,
+               max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image as ``(H, W, C)`` uint8/uint16 RGB(A) with its EXIF orientation applied.
 
     ``C`` is 1 (gray), 3 (RGB) or 4 (RGBA); palette images are expanded to their colours.

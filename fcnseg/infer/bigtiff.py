@@ -86,7 +86,7 @@ def write_scores(path: Path, read_rows: Callable[[int, int, int], np.ndarray], c
 
     def planes():
         for k in range(channels):
-            yield from _tiles(lambda top, bottom: read_rows(k, top, bottom), rows, cols, np.float16)
+            yield from _tiles(lambda top, bottom, k=k: read_rows(k, top, bottom), rows, cols, np.float16)
 
     shape = (channels, rows, cols) if channels > 1 else (rows, cols)
     planar = dict(planarconfig="separate") if channels > 1 else {}

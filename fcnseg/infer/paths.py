@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from fcnseg.data.io import IMAGE_EXTENSIONS
+from fcnseg.data.regions import READABLE_EXTENSIONS as IMAGE_EXTENSIONS
 
 OUTPUT_KINDS = {"labels": ".png", "overlay": ".overlay.png", "scores": ".scores.npy"}
 

@@ -21,14 +21,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
 import torch
 
 from fcnseg import runtime
-from fcnseg.data.io import read_image
+from fcnseg.data.regions import open_image
+from fcnseg.extras import require
 from fcnseg.runtime.files import remove_stale_temps_in
 
 from . import summary as summ
@@ -38,6 +39,7 @@ from .paths import (InputError, InputFile, balance_by_pixels, check_output_path,
                     find_inputs, image_pixels)
 from .pipeline import Writer, read_ahead
 from .settings import InferenceSettings
+from .stream import file_identity, is_large, label_large_image, large_output_path, remove_leftover_work
 from .tiling import predict_tiled
 
 
@@ -66,6 +68,10 @@ def _is_done(cfg: InferenceSettings, item: InputFile, out_dir: Path) -> bool:
     return not (cfg.check or cfg.overwrite) and all(item.output(out_dir, k).exists() for k in result_kinds(cfg))
 
 
+def _large_rel(item: InputFile) -> str:
+    return str(large_output_path(PurePosixPath(item.output_rel("labels")), "labels"))
+
+
 @dataclass
 class _Job:
     item: InputFile
@@ -75,6 +81,8 @@ class _Job:
     height: int
     width: int
     seconds: float                # time spent on this image so far
+    source: object = None         # a large image: its ImageSource (read by region), not decoded
+    paths: dict | None = None     # a large image: kind -> result path (fcnseg.infer.stream)
 
 
 class _Run:
@@ -124,7 +132,12 @@ class _Run:
                 self._add(summ.row(str(item.rel), "skipped", output=item.output_rel("labels"),
                                    error="results exist (overwrite=true to redo)"))
                 return None
-            image = read_image(item.path)
+            source = open_image(item.path, level=self.cfg.level, max_image_pixels=self.cfg.max_image_pixels,
+                                whole_up_to_pixels=self.cfg.large_image_pixels)
+            if not self.cfg.check and is_large(source.height, source.width, self.cfg.large_image_pixels):
+                return self._open_large(item, source, t0)
+            with source:
+                image = source.read_all()
             raw = self.pred.prepare(image)
             return _Job(item, todo, image if "overlay" in todo else None, raw, image.shape[0],
                         image.shape[1], time.perf_counter() - t0)
@@ -132,8 +145,23 @@ class _Run:
             self._fail(item, e, time.perf_counter() - t0)
             return None
 
+    def _open_large(self, item: InputFile, source, t0: float) -> _Job | None:
+        """A large image: its own result names (<stem>.tif ...), pixels left in the file."""
+        paths = {k: large_output_path(item.output(self.out_dir, k), k) for k in self.kinds}
+        remove_leftover_work(paths["labels"])
+        todo = [k for k in self.kinds if self.cfg.overwrite or not paths[k].exists()]
+        if not todo:
+            source.close()
+            self._add(summ.row(str(item.rel), "skipped", output=_large_rel(item),
+                               error="results exist (overwrite=true to redo)"))
+            return None
+        return _Job(item, todo, None, None, source.height, source.width, time.perf_counter() - t0,
+                    source=source, paths=paths)
+
     # -- main thread: the device -------------------------------------------------------------
     def process(self, job: _Job) -> None:
+        if job.source is not None:
+            return self._label_large(job)
         if self.cfg.check:
             return self._check_against_patchwise(job)
         t0 = time.perf_counter()
@@ -168,6 +196,36 @@ class _Run:
             return self._fail(job, e, time.perf_counter() - t0)
         job.seconds += time.perf_counter() - t0
         self.writer.submit(lambda: self._write(job, p, scores_file))
+
+    def _label_large(self, job: _Job) -> None:
+        """Tile by tile into a resumable store, then BigTIFF results (fcnseg.infer.stream)."""
+        tqdm = require("tqdm", "the progress bars of tools/infer.py").tqdm
+
+        t0, cfg, pred = time.perf_counter(), self.cfg, self.pred
+        ckpt = cfg.checkpoint
+        identity = {"checkpoint": file_identity(ckpt) if os.path.isfile(ckpt) else str(ckpt),
+                    "head": cfg.head, "device": pred.device.type, "amp": str(pred.amp)}
+        bar = None
+
+        def on_tile(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, initial=done - 1, unit="tile", desc=job.item.rel.name, leave=False,
+                           disable=not cfg.progress, dynamic_ncols=True)
+            bar.update(1)
+
+        try:
+            label_large_image(pred, job.source, job.paths, job.todo, tile_size=pred.tile(), amp=pred.amp,
+                              channels_last=pred.channels_last, overlay_alpha=cfg.overlay_alpha,
+                              identity=identity, log=self.log, on_tile=on_tile)
+        except Exception as e:
+            return self._fail(job, e, time.perf_counter() - t0)
+        finally:
+            job.source.close()
+            if bar is not None:
+                bar.close()
+        self._add(summ.row(str(job.item.rel), "ok", output=_large_rel(job.item), height=job.height,
+                           width=job.width, seconds=job.seconds + time.perf_counter() - t0))
 
     def _flush(self, key) -> None:
         group = self.pending.pop(key, [])
@@ -318,7 +376,7 @@ def _console(bar) -> Callable[[str], None]:
 def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
                   log: Callable[[str], None] | None = None) -> RunResult:
     """Run over every input file; returns the rows (all ranks' on rank 0) and summary paths."""
-    from tqdm import tqdm
+    tqdm = require("tqdm", "the progress bars of tools/infer.py").tqdm
 
     out_dir = Path(os.path.abspath(cfg.output))
     rank, world, _ = runtime.dist_env()
@@ -335,6 +393,7 @@ def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
     say(f"{tag}{len(mine)} of {n_all} images under {root} -> {out_dir} (device {pred.device}, "
         f"tile_size {tile if tile else 'whole image'}, output_stride {pred.output_stride})")
     journal = summ.Journal(out_dir, rank)
+    t0 = time.perf_counter()
     try:
         with runtime.reuse_host_memory(pred.device), Writer(depth=2 * cfg.batch_size) as writer:
             run = _Run(cfg, pred, out_dir, journal, writer, lambda m: say(tag + m), bar)
@@ -348,6 +407,7 @@ def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
     finally:
         journal.close()
         bar.close()
+    say(f"{tag}finished its {len(mine)} images in {time.perf_counter() - t0:.1f} s")
     if world > 1:
         own = summ.read_journal(journal.path)  # before rank 0 merges and removes it
         runtime.barrier(cfg.dist_timeout_s)

@@ -11,9 +11,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from fcnseg.data.io import MAX_IMAGE_PIXELS
 from fcnseg.settings import (AUTO, SettingsError, build_section, check_auto_or_positive, check_choice,
                              check_device, check_positive)
 
+from .stream import LARGE_IMAGE_PIXELS
 from .summary import FORMATS as SUMMARY_FORMATS
 
 _REQUIRED = ("checkpoint", "input", "output")
@@ -44,6 +46,9 @@ class InferenceSettings:
     read_workers: Any = AUTO               # threads decoding images ahead | auto: min(4, CPUs)
     read_ahead: int = 4                    # decoded images waiting for the device, at most
     progress: bool = True                  # a progress bar with ETA (one per rank under torchrun)
+    large_image_pixels: int = LARGE_IMAGE_PIXELS  # above: read by region, labels to a pyramidal BigTIFF, resumable
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS  # largest image decoded whole (PNG, JPEG, ...); None: no limit
+    level: int = 0                         # pyramid level of TIFF/OME-TIFF/whole-slide inputs (0: full resolution)
 
     def __post_init__(self):
         for key in _REQUIRED:
@@ -64,6 +69,10 @@ class InferenceSettings:
         check_positive("output_stride", self.output_stride)
         check_positive("patch_batch_size", self.patch_batch_size)
         check_positive("read_ahead", self.read_ahead)
+        check_positive("large_image_pixels", self.large_image_pixels)
+        check_positive("max_image_pixels", self.max_image_pixels, allow_none=True)
+        if isinstance(self.level, bool) or not isinstance(self.level, int) or self.level < 0:
+            raise SettingsError("level", f"must be 0 (full resolution) or a positive pyramid level, got {self.level!r}")
         check_choice("amp", self.amp, (AUTO, True, False))
         check_choice("channels_last", self.channels_last, (AUTO, True, False))
         if self.region is not None and (len(self.region) != 4 or

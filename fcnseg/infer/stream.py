@@ -34,6 +34,9 @@ from .bigtiff import write_label_pyramid, write_scores
 from .outputs import blend_overlay, nearest_grid_index
 from .tiling import TilePlan, dense_padding, iter_tile_outputs, plan_tiles
 
+#: Images of more pixels than this (8192 x 8192) are large: read by region where the format allows,
+#: labelled tile by tile and written as tiled BigTIFF; the rest keep the PNG results.
+LARGE_IMAGE_PIXELS = 2 ** 26
 WORK_SUFFIX = ".fcnseg-work"
 #: Longest side of the overlay of a large image (it is downsampled, every n-th pixel, to fit).
 OVERLAY_MAX_SIDE = 4096

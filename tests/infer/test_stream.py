@@ -227,3 +227,54 @@ def test_already_dense_network_is_refused_for_large_images(tmp_path, ckpt):
     with open_image(_tiff(tmp_path / "a.tif", random_image(20, 20, 3))) as src, \
             pytest.raises(ValueError, match=r"a\.tif: a large image is labelled tile by tile"):
         stream.label_large_image(pred, src, _paths(tmp_path, "a"), ["labels"], tile_size=16)
+
+
+def test_folder_run_routes_large_images_and_reports_a_corrupt_tile(tmp_path, ckpt):
+    from fcnseg.infer import InferenceSettings, run_inference
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    big = random_image(70, 60, 3, seed=7)
+    tifffile.imwrite(inp / "big.tif", big, tile=(32, 32), photometric="rgb", compression="zlib")
+    Image.fromarray(random_image(20, 30, 3, seed=8)).save(inp / "small.png")
+    tifffile.imwrite(inp / "bad.tif", big, tile=(32, 32), photometric="rgb", compression="zlib")
+    with tifffile.TiffFile(inp / "bad.tif") as tf:
+        offset, count = tf.pages[0].dataoffsets[3], tf.pages[0].databytecounts[3]  # rows 32..63, cols 32..59
+    with open(inp / "bad.tif", "r+b") as f:
+        f.seek(offset + 2)
+        f.write(b"\xff" * (count - 4))
+
+    def run(out, **kw):
+        return run_inference(InferenceSettings(checkpoint=str(ckpt), input=str(inp), output=str(out),
+                                               device="cpu", tile_size=24, progress=False, **kw),
+                             log=lambda m: None)
+
+    res = run(tmp_path / "out", large_image_pixels=1000, save_scores=True)
+    rows = {r["file"]: r for r in res.rows}
+    assert rows["big.tif"]["status"] == "ok" and rows["big.tif"]["output"] == "big.tif"
+    assert rows["small.png"]["status"] == "ok" and (tmp_path / "out" / "small.png").exists()
+    assert rows["bad.tif"]["status"] == "failed"
+    assert "bad.tif: region (top, left, height, width) = (" in rows["bad.tif"]["error"]
+    assert "cannot be decoded" in rows["bad.tif"]["error"]
+    ref = run(tmp_path / "ref", save_scores=True)  # the same images below the threshold: PNG, in memory
+    want = np.asarray(Image.open(tmp_path / "ref" / "big.png"))
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "big.tif"), want)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "big.scores.tif").astype(np.float32),
+                               np.load(tmp_path / "ref" / "big.scores.npy").astype(np.float32), atol=2e-3)
+    assert {r["file"]: r["status"] for r in ref.rows}["bad.tif"] == "failed"  # the whole decode fails too
+    again = run(tmp_path / "out", large_image_pixels=1000, save_scores=True)
+    assert {r["file"]: r["status"] for r in again.rows}["big.tif"] == "skipped"
+
+
+def test_folder_run_refuses_images_above_max_image_pixels(tmp_path, ckpt):
+    from fcnseg.infer import InferenceSettings, run_inference
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(random_image(40, 50, 3)).save(inp / "a.png")
+    res = run_inference(InferenceSettings(checkpoint=str(ckpt), input=str(inp), output=str(tmp_path / "out"),
+                                          device="cpu", progress=False, max_image_pixels=1999),
+                        log=lambda m: None)
+    (row,) = res.rows
+    assert row["status"] == "failed"
+    assert "a.png: 50x40 = 2000 pixels is above max_image_pixels=1999" in row["error"]
