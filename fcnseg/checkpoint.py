@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fcnseg.extras import require
 from fcnseg.runtime import atomic_path
 
 FORMAT = "fcnseg-checkpoint"
@@ -54,7 +55,7 @@ def build_model(spec: dict) -> nn.Module:
         import fcnseg.zoo.patchnets  # noqa: F401  registers the custom patch nets
         return fcnseg.zoo.create(spec["name"], **spec["kwargs"])
     if spec["builder"] == "smp":
-        import segmentation_models_pytorch as smp
+        smp = require("segmentation_models_pytorch", f"model {spec['name']} (builder smp)")
         return smp.create_model(spec["name"], **spec["kwargs"])
     raise ValueError(f"model builder must be one of {BUILDERS}, got {spec['builder']!r}")
 

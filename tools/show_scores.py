@@ -19,7 +19,8 @@ import numpy as np
 def plot_scores(out: Path, image: np.ndarray, labels: np.ndarray, scores: np.ndarray, k: int,
                 names: list[str], palette: list[list[int]]) -> None:
     """image (H, W, C) uint8, labels (H, W), scores (K, H, W) -> a 3-panel PNG at `out`."""
-    import matplotlib
+    from fcnseg.extras import require
+    matplotlib = require("matplotlib", "tools/show_scores.py")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch

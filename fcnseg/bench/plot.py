@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fcnseg.extras import require
+
 from .report import MEMBRANE, METHODS, find_net, patch_time
 
 
 def write_plot(result, path: Path) -> None:
-    import matplotlib
+    matplotlib = require("matplotlib", "the benchmark's plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker

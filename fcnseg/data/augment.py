@@ -6,11 +6,13 @@ and its mask, before the dataset scales and normalises them (see SegmentationDat
 """
 from __future__ import annotations
 
+from fcnseg.extras import require
+
 
 def build_transform(aug_cfg):
     """{"transforms": [{"name": "HorizontalFlip", "p": 0.5}, ...]} -> albumentations.Compose
     applied jointly to the uint8 image and its mask (None when the list is empty)."""
-    import albumentations as A
+    A = require("albumentations", "augmentation (aug=...)")
     items = (aug_cfg or {}).get("transforms") or []
     transforms = []
     for item in items:

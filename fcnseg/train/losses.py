@@ -8,6 +8,8 @@ Focal and Lovasz (segmentation_models_pytorch) see the sampled pixels as one ima
 import torch
 import torch.nn.functional as F
 
+from fcnseg.extras import require
+
 NAMES = ("ce", "dice", "focal", "lovasz")
 
 
@@ -39,7 +41,7 @@ class PixelLoss(torch.nn.Module):
         self.register_buffer("weight", w, persistent=False)
         self.smp = None
         if name != "ce":
-            from segmentation_models_pytorch import losses as L
+            L = require("segmentation_models_pytorch.losses", f"loss={name}")
             cls = {"dice": L.DiceLoss, "focal": L.FocalLoss, "lovasz": L.LovaszLoss}[name]
             self.smp = cls(mode="multiclass", **smp_kwargs)
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from fcnseg.data.palette import colorize
+from fcnseg.extras import require
 from fcnseg.runtime import atomic_path, write_text_atomic
 
 
@@ -47,7 +48,7 @@ def write_csv(path, history):
 
 def plot_curves(path, history, scores=(("val_miou", "mIoU"), ("val_pixel_acc", "pixel acc"))):
     """Training loss and the validation scores (history key, label) per epoch."""
-    import matplotlib
+    matplotlib = require("matplotlib", "the training curves (curves.png)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ep = [h["epoch"] for h in history]
@@ -66,7 +67,7 @@ def plot_curves(path, history, scores=(("val_miou", "mIoU"), ("val_pixel_acc", "
 
 def plot_grid(path, images, masks, preds, palette, mean, std, ignore_index=255):
     """Rows of image | ground truth | prediction. images (N, C, H, W) normalised."""
-    import matplotlib
+    matplotlib = require("matplotlib", "the validation pictures (val_grid.png)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n = len(images)

@@ -1,16 +1,14 @@
 """Inception-v4 (Szegedy et al. 2017) from timm, whose builder loads the published weights
 (ported from TensorFlow). timm is imported only when the network is built.
 """
+from fcnseg.extras import require
+
 from . import register
 from .width import check_runs, rescale
 
 
 def _timm():
-    try:
-        import timm
-    except ImportError as e:
-        raise ImportError("fcnseg.zoo 'inception_v4' needs timm: pip install timm") from e
-    return timm
+    return require("timm", "fcnseg.zoo 'inception_v4'")
 
 
 def _size():
