@@ -82,9 +82,9 @@ class Predictor:
         return self.num_classes if self.head_channels is None else list(self.head_channels.values())[-1][1]
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        """Decoded image (H, W, C) -> the model's channel count, raw dtype kept (cheap to
-        hold for huge images; windows are converted to float one at a time)."""
-        return to_channels(image, self.in_channels)
+        """Decoded image (H, W, C) or (H, W) -> the model's channel count, raw dtype kept (cheap
+        to hold for huge images; windows are converted to float one at a time)."""
+        return to_channels(image[:, :, None] if image.ndim == 2 else image, self.in_channels)
 
     def transform(self, raw: np.ndarray) -> torch.Tensor:
         """(h, w, C) raw window -> (C, h, w) float32, exactly the training normalisation."""
@@ -147,20 +147,24 @@ class Predictor:
     __call__ = predict
 
     def predict_batch(self, images: Sequence, *, scores: bool = False) -> list[Prediction]:
-        """predict() of each image; consecutive images of one size are stacked into passes
-        as batch_limit allows (the same numbers as one at a time, up to summation order)."""
+        """predict() of each image, in order; images of one size are stacked into passes as
+        batch_limit allows (the same numbers as one at a time, up to summation order)."""
         raws = [self.prepare(read_image(im) if isinstance(im, (str, os.PathLike)) else np.asarray(im))
                 for im in images]
-        out: list[Prediction] = []
-        i = 0
-        while i < len(raws):
-            shape = raws[i].shape
+        by_shape: dict[tuple, list[int]] = {}
+        for i, r in enumerate(raws):
+            by_shape.setdefault((r.shape, r.dtype.str), []).append(i)
+        out: list[Prediction | None] = [None] * len(raws)
+        for (shape, _), idx in by_shape.items():
             n = self.batch_limit(*shape[:2])
-            j = i + 1
-            while j < len(raws) and j - i < n and raws[j].shape == shape:
-                j += 1
-            out += self.start_batch(raws[i:j], scores=scores)() if n > 1 else [self.predict(raws[i], scores=scores)]
-            i = j if n > 1 else i + 1
+            if n <= 1:
+                for i in idx:
+                    out[i] = self.predict(raws[i], scores=scores)
+                continue
+            for k in range(0, len(idx), n):
+                chunk = idx[k:k + n]
+                for i, p in zip(chunk, self.start_batch([raws[i] for i in chunk], scores=scores)()):
+                    out[i] = p
         return out
 
     def start_batch(self, raws: Sequence[np.ndarray], *, scores: bool = False) -> Callable[[], list[Prediction]]:

@@ -159,3 +159,21 @@ def test_predict_whole_network_and_a_path(smp_checkpoint, tmp_path):
     want = predict_whole(pred, raw)
     assert pred.batch_limit(29, 35) == 1 and pred.tile() is None
     assert np.array_equal(p.labels, want.labels.numpy()) and p.scores[0].shape == (3, 29, 35)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_stacked_passes_through_pinned_memory_give_the_cpu_labels(tmp_path, monkeypatch):
+    """The CUDA path of predict_batch: pinned upload on a copy stream, non-blocking download;
+    several passes in flight before the first result is read."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    ck = write_checkpoint(tmp_path / "toy.pt", pad_mode="reflect")
+    cpu = load_predictor(ck, device="cpu", tile_size=64, amp=False)
+    gpu = load_predictor(ck, device="cuda", tile_size=64, amp=False)
+    imgs = [gpu.prepare(random_image(20, 24, 3, seed=s)) for s in range(6)]
+    pending = [gpu.start_batch(imgs[k:k + 2], scores=True) for k in range(0, 6, 2)]
+    got = [p for finish in pending for p in finish()]
+    for im, g in zip(imgs, got):
+        want = cpu.predict(im, scores=True)
+        np.testing.assert_allclose(g.scores[0], want.scores[0], atol=1e-4, rtol=1e-4)
+        assert (g.labels == want.labels).mean() > 0.999
