@@ -185,7 +185,7 @@ def label_large_image(pred, source, paths: dict[str, Path], todo: Sequence[str],
     store = TileStore(work_dir(paths["labels"]), plan, pred.num_classes, K if with_scores else 0, identity, log)
     origins = plan.origins
     remaining = [o for o in origins if not store.done(*o)]
-    log(f"{source.path.name}: {source.height}x{source.width}, {len(origins)} tiles of "
+    log(f"{source.path.name}: {source.height}x{source.width}, {len(origins)} tile{'s' * (len(origins) != 1)} of "
         f"{plan.tile_rows * s}x{plan.tile_cols * s} pixels"
         + (f", {len(origins) - len(remaining)} done before" if len(remaining) < len(origins) else ""))
 
