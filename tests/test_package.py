@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import fcnseg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,3 +27,84 @@ def test_subpackages_are_imported_on_first_use():
             "assert fcnseg.densify(fcnseg.zoo.create('lenet5', num_classes=3, in_channels=1)).optimizations "
             "== fcnseg.Optimizations()")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# ------------------------------------------------------------------ the core install and its extras
+CORE = {"torch", "torchvision", "numpy", "safetensors"}  # densify, patchwise, compare_dense, the zoo
+# every optional package the library imports: blocked, the core still works
+OPTIONAL = ("cv2", "albumentations", "matplotlib", "segmentation_models_pytorch", "timm", "tifffile", "zarr",
+            "imagecodecs", "openslide", "onnx", "onnxruntime", "tensorboard", "hydra", "omegaconf", "tqdm")
+
+
+def _pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _name(requirement):
+    return re.match(r"[A-Za-z0-9_.\-]+", requirement).group(0).lower().replace("_", "-")
+
+
+def _extra_distributions(extras, name, seen=()):
+    """The distributions an extra installs, through the extras it includes (fcnseg[a,b])."""
+    out = set()
+    for req in extras[name]:
+        m = re.match(r"fcnseg\[([\w,\-]+)\]", req)
+        if m:
+            for inner in m.group(1).split(","):
+                if inner not in seen:
+                    out |= _extra_distributions(extras, inner, (*seen, name))
+        else:
+            out.add(_name(req))
+    return out
+
+
+def test_core_dependencies_stay_light_and_uncapped():
+    project = _pyproject()
+    assert {_name(r) for r in project["dependencies"]} <= CORE, project["dependencies"]
+    requirements = project["dependencies"] + [r for reqs in project["optional-dependencies"].values() for r in reqs]
+    capped = [r for r in requirements if re.search(r"<|==|~=", r.split(";")[0])]
+    assert not capped, f"upper bounds belong in CI's constraints, not the metadata: {capped}"
+
+
+def test_every_optional_package_names_an_extra_that_installs_it():
+    from fcnseg.extras import PACKAGES
+
+    extras = _pyproject()["optional-dependencies"]
+    assert {"infer", "train", "smp", "large", "slide", "export", "tensorboard", "all", "dev"} <= set(extras)
+    for module, (distribution, extra) in PACKAGES.items():
+        assert distribution in _extra_distributions(extras, extra), (module, extra)
+        assert distribution in _extra_distributions(extras, "all"), (module, "all")
+    assert {"pytest", "ruff"} | _extra_distributions(extras, "all") <= _extra_distributions(extras, "dev")
+
+
+def test_a_missing_extra_is_named_with_its_pip_command(monkeypatch):
+    from fcnseg.data.augment import build_transform
+    from fcnseg.extras import MissingExtraError, require
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"format=onnx needs the package onnx .*pip install 'fcnseg\[export\]'"):
+        require("onnx", "format=onnx")
+    monkeypatch.setitem(sys.modules, "albumentations", None)
+    with pytest.raises(MissingExtraError, match=r"fcnseg\[train\]") as info:
+        build_transform({"transforms": [{"name": "HorizontalFlip", "p": 0.5}]})
+    assert info.value.extra == "train" and info.value.name == "albumentations"
+
+
+def test_the_core_runs_without_any_extra():
+    code = ("import sys\n"
+            f"for name in {OPTIONAL!r}: sys.modules[name] = None\n"
+            "import torch, fcnseg\n"
+            "net = fcnseg.zoo.create('lenet5', num_classes=3, in_channels=1).double().eval()\n"
+            "x = torch.randn(1, 1, 40, 36, dtype=torch.float64)\n"
+            "c = fcnseg.compare_dense(fcnseg.densify(net), net, x)\n"
+            "assert c.max_abs < 1e-12 and c.label_agreement == 1.0, c\n"
+            "resnet = fcnseg.zoo.create('resnet18', num_classes=3, width_mult=1 / 16, padding='same')  # torchvision's\n"
+            "assert resnet(torch.randn(1, 3, 64, 64)).shape == (1, 3)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("python3 -m venv") and "[dev]" in line)
+    assert command in (ROOT / ".ci" / "run").read_text().splitlines()
