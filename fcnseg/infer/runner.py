@@ -190,6 +190,7 @@ class _Run:
                 scores_file = ScoresFile(job.item.output(self.out_dir, "scores"),
                                          (self.pred.score_channels, -(-job.height // s), -(-job.width // s)))
             p = self.pred.predict(job.raw, scores_out=None if scores_file is None else scores_file.array)
+            job.raw = None
         except Exception as e:
             if scores_file is not None:
                 scores_file.abort(e)
@@ -242,6 +243,7 @@ class _Run:
         share = (time.perf_counter() - t0) / len(group)
         for job in group:
             job.seconds += share
+            job.raw = None
         self.writer.submit(lambda: self._write_group(group, finish))
 
     def flush_all(self) -> None:
@@ -395,7 +397,7 @@ def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
     journal = summ.Journal(out_dir, rank)
     t0 = time.perf_counter()
     try:
-        with runtime.reuse_host_memory(pred.device), Writer(depth=2 * cfg.batch_size) as writer:
+        with runtime.reuse_host_memory(pred.device), Writer(depth=4) as writer:
             run = _Run(cfg, pred, out_dir, journal, writer, lambda m: say(tag + m), bar)
             run.n_total = len(mine)
             reads = read_ahead([(it, clash.get(str(it.rel))) for it in mine], run.read,
