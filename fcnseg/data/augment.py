@@ -11,9 +11,12 @@ from fcnseg.extras import require
 
 def build_transform(aug_cfg):
     """{"transforms": [{"name": "HorizontalFlip", "p": 0.5}, ...]} -> albumentations.Compose
-    applied jointly to the uint8 image and its mask (None when the list is empty)."""
-    A = require("albumentations", "augmentation (aug=...)")
+    applied jointly to the uint8 image and its mask (None when the list is empty: aug=none then
+    needs no albumentations)."""
     items = (aug_cfg or {}).get("transforms") or []
+    if not items:
+        return None
+    A = require("albumentations", "augmentation (aug=...)")
     transforms = []
     for item in items:
         item = dict(item)

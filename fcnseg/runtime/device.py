@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.fx
 
 def pick_device(pref: str = "auto", local_rank: int | None = None) -> torch.device:
     """The device a setting names: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:i".
@@ -131,3 +132,28 @@ def device_memory_budget_mb(device: torch.device | str, fraction: float = 0.5) -
         return None
     free, _total = torch.cuda.mem_get_info(device)
     return fraction * free / 2 ** 20
+
+
+def unread_parameters(net: torch.nn.Module) -> list[str]:
+    """Names of the trainable parameters a dense network (fcnseg.densify) never reads: the
+    classifier's parameters that no tensor of its converted graph or per-patch tail shares
+    storage with, e.g. a head the dense graph does not compute. DistributedDataParallel needs
+    find_unused_parameters=True for those, or its gradient reduction waits for them forever.
+    Any other module: [] (its forward is taken to read every parameter)."""
+    body, classifier = getattr(net, "body", None), getattr(net, "classifier", None)
+    if not isinstance(body, torch.fx.GraphModule) or classifier is None:
+        return []
+    read = set()
+    for graph_module in (body, getattr(net, "per_patch_tail", None)):
+        if graph_module is None:
+            continue
+        read.update(p.untyped_storage().data_ptr() for p in graph_module.parameters())  # call_module layers
+        for node in graph_module.graph.nodes:
+            if node.op == "get_attr":
+                value = graph_module
+                for part in node.target.split("."):
+                    value = getattr(value, part)
+                if isinstance(value, torch.Tensor):
+                    read.add(value.untyped_storage().data_ptr())
+    return [name for name, p in classifier.named_parameters()
+            if p.requires_grad and p.untyped_storage().data_ptr() not in read]

@@ -182,6 +182,19 @@ def _saved_float32_math():
 
 
 @contextlib.contextmanager
+def float32_math(precision: Precision):
+    """The float32 math flags of ``precision`` (IEEE, or TF32 for tf32) for the block, without
+    autocast: a training run holds this around all its steps and enters autocast only around
+    the forward passes; restored on exit."""
+    restore = _saved_float32_math()
+    try:
+        _set_float32_math("tf32" if precision.name == "tf32" else "ieee")
+        yield precision
+    finally:
+        restore()
+
+
+@contextlib.contextmanager
 def precision_context(precision: str | Precision | None, device: torch.device | str | None = None):
     """Run the block in ``precision`` on ``device``: the float32 math flags set (IEEE, or TF32
     for tf32) and, for bf16/fp16, autocast entered; everything restored on exit, so contexts
@@ -192,14 +205,10 @@ def precision_context(precision: str | Precision | None, device: torch.device | 
     device = torch.device(device if device is not None else
                           (precision.device_type if isinstance(precision, Precision) else "cpu"))
     p = resolve_precision(precision, device)
-    restore = _saved_float32_math()
-    try:
-        _set_float32_math("tf32" if p.name == "tf32" else "ieee")
-        # fp32/tf32 switch an enclosing autocast off: the block runs in the precision it names
-        with torch.autocast(device.type, dtype=p.autocast_dtype, enabled=p.autocast_dtype is not None):
-            yield p
-    finally:
-        restore()
+    # fp32/tf32 switch an enclosing autocast off: the block runs in the precision it names
+    with float32_math(p), torch.autocast(device.type, dtype=p.autocast_dtype,
+                                         enabled=p.autocast_dtype is not None):
+        yield p
 
 
 def amp_dtype(device: torch.device | str, enabled: bool | str = "auto") -> torch.dtype | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -43,10 +44,18 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what rng_state returned."""
+    """Restore what rng_state returned. CUDA generators are restored for the GPUs that both the
+    saved run and this process have; a resume on fewer (or no) GPUs warns and leaves the others
+    seeded as they are, instead of failing (the run continues, bitwise repeatability aside)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = list(state["cuda"] or [])
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for i, gpu_state in enumerate(saved[:here]):
+        torch.cuda.set_rng_state(gpu_state, i)
+    if len(saved) > here:
+        warnings.warn(f"the checkpoint holds the random state of {len(saved)} GPU(s), this process sees "
+                      f"{here}: restored {min(here, len(saved))}; the run goes on, but its random draws "
+                      f"on the GPUs not restored differ from an uninterrupted run", stacklevel=2)
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]

@@ -36,3 +36,25 @@ def test_balancing_favours_rare_classes():
                    .sum().item() for _ in range(20))
     # 4 of 110 pixels: ~0.4 per draw of 11 plainly, ~4 (all of them, capped) when balanced
     assert rare_bal > 4 * rare_plain and rare_bal >= 60
+
+
+def test_draws_above_the_multinomial_cap_follow_the_same_rule(monkeypatch):
+    """Pixel sets larger than torch.multinomial's 2^24 categories are drawn by random keys: k
+    distinct pixels, heavier ones first (checked with the cap lowered, on the CPU)."""
+    from fcnseg.train import sampling
+    monkeypatch.setattr(sampling, "MULTINOMIAL_MAX", 8)
+    weight = torch.ones(50, dtype=torch.double)
+    weight[7] = 1e6
+    g = torch.Generator().manual_seed(0)
+    hits = 0
+    for _ in range(20):
+        pick = sampling.draw_without_replacement(weight, 5, g)
+        assert len(pick) == 5 and len(set(pick.tolist())) == 5 and pick.max() < 50
+        hits += int(7 in pick.tolist())
+    assert hits == 20
+    uniform = torch.cat([sampling.draw_without_replacement(torch.ones(50, dtype=torch.double), 10, g)
+                         for _ in range(200)])
+    counts = torch.bincount(uniform, minlength=50)
+    assert counts.min() > 10 and counts.max() < 80            # every pixel drawn, none favoured (mean 40)
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    assert len(sampling.sample_pixels(mask, 0.5, generator=g)[0]) == 32
