@@ -62,7 +62,9 @@ class SegmentationTask(Task):
         if env.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.step_net = DDP(self.train_net,
-                                device_ids=[env.device.index] if env.device.type == "cuda" else None)
+                                device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                # a head the dense graph does not compute gets no gradient
+                                find_unused_parameters=bool(runtime.unread_parameters(self.train_net)))
         self._build_loaders(generator)
         self.patch_chunk = None
 
@@ -213,7 +215,7 @@ class SegmentationTask(Task):
         env, plan = self.env, run.plan
         return (f"model {self.spec['name']} ({self.spec['builder']}), patch size "
                 f"{self.patch_size}, method {self.method}, output stride {self.stride}, device "
-                f"{env.device}, amp {run.amp_dtype}, world size {env.world_size}, "
+                f"{env.device}, precision {run.precision.describe()}, world size {env.world_size}, "
                 f"{plan.total_steps} steps ({plan.epochs:.1f} epochs of "
                 f"{plan.steps_per_epoch}), validation every {plan.eval_every}, "
                 f"run dir {run.run_dir}")

@@ -16,7 +16,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from fcnseg.settings import SettingsError, build_section, check_auto_or_positive, check_choice, check_positive
+from fcnseg.settings import (SettingsError, build_section, check_auto_or_positive, check_choice, check_positive,
+                             check_precision)
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -29,7 +30,7 @@ class TrainerSettings:
     max_steps: int | None = None  # hard cap on the steps whatever the budget (quick checks)
     eval_every: int = 250         # validation, checkpoints, curves and grid every N steps (and at the end)
     device: str = "auto"          # auto: CUDA when present, else CPU | cpu | cuda
-    amp: Any = "auto"             # auto: bf16 (or fp16 + grad scaler) on CUDA, off on CPU | true | false
+    precision: str = "auto"       # auto | fp32 (IEEE) | tf32 | bf16 | fp16 (+ grad scaler): fcnseg.runtime.precision
     channels_last: Any = "auto"   # auto: on (NHWC is faster for the dilated layers, CPU too) | true | false
     output_stride: Any = "auto"   # auto: 2 for a patch classifier trained densely, else 1 | an integer
     sample_fraction: float = 1.0  # fraction of labelled pixels per image that enter the loss
@@ -50,7 +51,7 @@ class TrainerSettings:
         check_positive("trainer.max_steps", self.max_steps, allow_none=True)
         check_positive("trainer.eval_every", self.eval_every)
         check_choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
-        check_choice("trainer.amp", self.amp, ("auto", True, False))
+        check_precision("trainer.precision", self.precision)
         check_choice("trainer.channels_last", self.channels_last, ("auto", True, False))
         check_auto_or_positive("trainer.output_stride", self.output_stride)
         if not 0.0 < float(self.sample_fraction) <= 1.0:

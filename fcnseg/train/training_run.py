@@ -66,7 +66,8 @@ class TrainingRun:
         s, device = self.settings, self.env.device
         self.optimizer = build_optimizer(s.optim, self.task.model.parameters())
         self.scheduler = build_scheduler(s.sched, self.optimizer, self.plan.total_steps)
-        self.amp_dtype = runtime.amp_dtype(device, s.trainer.amp)
+        self.precision = runtime.resolve_precision(s.trainer.precision, device)
+        self.amp_dtype = self.precision.autocast_dtype      # autocast around the forward passes
         self.scaler = runtime.grad_scaler(device, self.amp_dtype)
         loss = dataclasses.asdict(s.loss)
         auto_weights = None
@@ -130,7 +131,8 @@ class TrainingRun:
         # one block for the whole run: every step's maps and gradients reuse the pages of the
         # step before (fcnseg.runtime.reuse_freed_memory)
         try:
-            with runtime.reuse_host_memory(self.env.device):
+            # the float32 math of the precision setting (IEEE, or TF32) for every step
+            with runtime.reuse_host_memory(self.env.device), runtime.float32_math(self.precision):
                 # ranks stop together at a step boundary (_stop_requested); one rank that
                 # abandoned its step would leave the others waiting in a collective
                 if installed and exit_on_signal and not self.env.enabled:
@@ -186,7 +188,7 @@ class TrainingRun:
                 f"good checkpoint is {self.run_dir / 'last.pt'}. Lower the learning rate, add "
                 f"warmup or turn off mixed precision",
                 fixes=[f"optim.lr={self.settings.optim.lr / 10:g}", "sched.warmup_steps=100",
-                       "trainer.amp=false"])
+                       "trainer.precision=fp32"])
 
     def _train(self):
         self.bar = tqdm(total=self.plan.total_steps, initial=self.step, disable=not self.env.main,
