@@ -4,7 +4,7 @@ the image (when its format has regions) nor its label map is ever whole in memor
 
 The working store sits beside the result, hidden: ``.<stem>.tif.fcnseg-work/``, a zarr group
 with ``labels`` (the output grid, ceil(H/s) x ceil(W/s)) and, with scores, ``scores`` (float16,
-K x grid), chunked exactly as the tile plan (the last tile of a row or column, shifted back
+K x grid, a chunk per class), chunked exactly as the tile plan (the last tile of a row or column, shifted back
 inside the grid, fills the last chunk). zarr writes each chunk to a temporary file and renames
 it, and a tile's scores are written before its labels, so a tile is finished exactly when its
 label chunk exists: a run killed with SIGKILL loses only the tile in flight, and the same
@@ -76,36 +76,38 @@ def _label_dtype(channels: int):
 class TileStore:
     """The tiles finished so far (see the module docstring)."""
 
-    def __init__(self, root: Path, plan: TilePlan, channels: int, with_scores: bool, identity: dict,
+    def __init__(self, root: Path, plan: TilePlan, num_classes: int, score_channels: int, identity: dict,
                  log: Callable[[str], None]):
+        """num_classes: decides the label type; score_channels: K of the scores kept (0: none)."""
         zarr = require("zarr", "labelling large images (their tiles go to a zarr working store)")
-        self.root, self.plan, self.with_scores = root, plan, with_scores
+        self.root, self.plan, self.with_scores = root, plan, score_channels > 0
         self.labels = self.scores = None
         if root.exists():
             try:
                 group = zarr.open_group(root, mode="r+")
                 if dict(group.attrs).get("identity") == identity:
                     self.labels = group["labels"]
-                    self.scores = group["scores"] if with_scores else None
+                    self.scores = group["scores"] if self.with_scores else None
                 else:
                     log(f"{root.name}: made with other settings or another file; starting over")
             except Exception as e:  # killed while being created: nothing in it can be trusted
                 log(f"{root.name}: unreadable ({type(e).__name__}); starting over")
         if self.labels is None:
             shutil.rmtree(root, ignore_errors=True)
-            self._create(zarr, channels, identity)
+            self._create(zarr, num_classes, score_channels, identity)
         for leftover in root.rglob("*.partial"):  # a chunk being written when the run was killed
             leftover.unlink(missing_ok=True)
 
-    def _create(self, zarr, channels: int, identity: dict) -> None:
+    def _create(self, zarr, num_classes: int, score_channels: int, identity: dict) -> None:
         p = self.plan
         group = zarr.open_group(self.root, mode="w")
         every_chunk = {"write_empty_chunks": True}  # a chunk file per finished tile, even all zeros
         self.labels = group.create_array("labels", shape=(p.rows, p.cols), chunks=(p.tile_rows, p.tile_cols),
-                                         dtype=_label_dtype(channels), fill_value=0, config=every_chunk)
+                                         dtype=_label_dtype(num_classes), fill_value=0, config=every_chunk)
         if self.with_scores:
-            self.scores = group.create_array("scores", shape=(channels, p.rows, p.cols),
-                                             chunks=(channels, p.tile_rows, p.tile_cols),
+            # one chunk per class and tile: writing the scores file reads one class's band at a time
+            self.scores = group.create_array("scores", shape=(score_channels, p.rows, p.cols),
+                                             chunks=(1, p.tile_rows, p.tile_cols),
                                              dtype=np.float16, fill_value=0, config=every_chunk)
         group.attrs["identity"] = identity  # last: a store without it is an unfinished creation
 
