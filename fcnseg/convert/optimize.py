@@ -236,6 +236,11 @@ class _BandedWeightGradConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         x, w = ctx.saved_tensors
+        x_dtype, w_dtype = x.dtype, w.dtype
+        # under autocast the forward ran in g's dtype (bf16/fp16) on float32 x and w: the
+        # gradients are computed in that dtype, as autocast's own convolution does, and
+        # returned in the dtype of the tensors they belong to
+        x, w = x.to(g.dtype), w.to(g.dtype)
         d, groups = ctx.dilation, ctx.groups
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         args = ((1, 1), (0, 0), d, False, (0, 0), groups)
@@ -251,7 +256,9 @@ class _BandedWeightGradConv(torch.autograd.Function):
                 part = _conv_backward(g[:, :, r0:r1], x[:, :, r0:r1 + reach], w, None, *args,
                                      (False, True, False))[1]
                 gw = part if gw is None else gw.add_(part)
-        gb = g.sum((0, 2, 3)) if need_b and ctx.has_bias else None
+        gb = g.sum((0, 2, 3), dtype=w_dtype) if need_b and ctx.has_bias else None
+        gx = gx.to(x_dtype) if gx is not None else None
+        gw = gw.to(w_dtype) if gw is not None else None
         return gx, gw, gb, None, None
 
 
