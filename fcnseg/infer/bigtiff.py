@@ -2,8 +2,8 @@
 
 Labels: a pyramidal BigTIFF (tiles of 512, zlib): the full-resolution map in the first image,
 2x, 4x, ... reductions (nearest, i.e. every 2nd, 4th, ... pixel) in its SubIFDs until the
-smallest fits one tile (at most 8 levels), the layout QuPath, napari (through tifffile), GDAL
-and libvips open as a pyramid. Up to 256 classes the samples are uint8 class indices with the
+smallest fits one tile (at most 8 levels): the SubIFD pyramid Bio-Formats (QuPath) and
+tifffile (napari) read. Up to 256 classes the samples are uint8 class indices with the
 checkpoint's palette as the TIFF colour map (photometric palette: viewers show the class
 colours, the values stay the indices), else uint16 gray.
 Scores: float16 (K, h, w) on the output grid, one plane per class, same tiles, no pyramid.

@@ -237,6 +237,7 @@ def test_folder_run_routes_large_images_and_reports_a_corrupt_tile(tmp_path, ckp
     big = random_image(70, 60, 3, seed=7)
     tifffile.imwrite(inp / "big.tif", big, tile=(32, 32), photometric="rgb", compression="zlib")
     Image.fromarray(random_image(20, 30, 3, seed=8)).save(inp / "small.png")
+    Image.fromarray(random_image(40, 45, 3, seed=9)).save(inp / "wide.png")  # large, decoded whole
     tifffile.imwrite(inp / "bad.tif", big, tile=(32, 32), photometric="rgb", compression="zlib")
     with tifffile.TiffFile(inp / "bad.tif") as tf:
         offset, count = tf.pages[0].dataoffsets[3], tf.pages[0].databytecounts[3]  # rows 32..63, cols 32..59
@@ -257,8 +258,9 @@ def test_folder_run_routes_large_images_and_reports_a_corrupt_tile(tmp_path, ckp
     assert "bad.tif: region (top, left, height, width) = (" in rows["bad.tif"]["error"]
     assert "cannot be decoded" in rows["bad.tif"]["error"]
     ref = run(tmp_path / "ref", save_scores=True)  # the same images below the threshold: PNG, in memory
-    want = np.asarray(Image.open(tmp_path / "ref" / "big.png"))
-    assert np.array_equal(tifffile.imread(tmp_path / "out" / "big.tif"), want)
+    for stem in ("big", "wide"):
+        want = np.asarray(Image.open(tmp_path / "ref" / f"{stem}.png"))
+        assert np.array_equal(tifffile.imread(tmp_path / "out" / f"{stem}.tif"), want), stem
     np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "big.scores.tif").astype(np.float32),
                                np.load(tmp_path / "ref" / "big.scores.npy").astype(np.float32), atol=2e-3)
     assert {r["file"]: r["status"] for r in ref.rows}["bad.tif"] == "failed"  # the whole decode fails too
