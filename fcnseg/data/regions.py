@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fcnseg.extras import MissingExtraError, require
+
 from .errors import ImageReadError
 from .io import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, check_pixel_limit, read_image, read_image_size
 
@@ -29,9 +31,6 @@ SLIDE_EXTENSIONS = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".
 TIFF_EXTENSIONS = (".tif", ".tiff")
 #: Every extension :func:`open_image` reads (OpenSlide's only when it is installed).
 READABLE_EXTENSIONS = IMAGE_EXTENSIONS + SLIDE_EXTENSIONS
-
-_LARGE_EXTRA = "pip install 'fcnseg[large]'"
-_SLIDE_EXTRA = "pip install 'fcnseg[slide]' (it needs the OpenSlide library: apt install libopenslide0)"
 
 
 class NoRegionReader(ImageReadError):
@@ -92,12 +91,9 @@ class DecodedImage(ImageSource):
 
 def _import_large(path: Path):
     try:
-        import tifffile
-        import zarr
-    except ImportError as e:
-        raise NoRegionReader(path, f"reading TIFF files by region needs tifffile and zarr ({e.name} is "
-                                   f"missing): {_LARGE_EXTRA}") from None
-    return tifffile, zarr
+        return require("tifffile", "reading TIFF files by region"), require("zarr", "reading TIFF files by region")
+    except MissingExtraError as e:
+        raise NoRegionReader(path, str(e)) from None
 
 
 def _layout_problem(page) -> str | None:
@@ -215,9 +211,10 @@ class SlideRegions(ImageSource):
 
     def __init__(self, path: Path, level: int = 0):
         try:
-            import openslide
-        except ImportError:
-            raise ImageReadError(path, f"whole-slide formats are read with OpenSlide: {_SLIDE_EXTRA}") from None
+            openslide = require("openslide", "reading whole-slide formats (OpenSlide, which also needs the "
+                                             "OpenSlide library: apt install libopenslide0)")
+        except MissingExtraError as e:
+            raise ImageReadError(path, str(e)) from None
         self.path, self.level, self._error = path, level, getattr(openslide, "OpenSlideError", OSError)
         try:
             self._slide = openslide.OpenSlide(str(path))
