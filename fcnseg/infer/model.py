@@ -66,7 +66,7 @@ class Predictor:
     tile_size: int | None = None     # image pixels per tile side; None: the largest that fits memory_mb; 0: untiled
     memory_mb: float = 2048.0        # budget of one forward pass (one tile, or one stack of small images)
     batch_size: int = 8              # small images of one size stacked per pass, at most
-    amp: bool | str = "auto"         # mixed precision on CUDA (runtime.amp_dtype); off on the CPU
+    amp: bool | str = "auto"         # the precision setting (fcnseg.runtime.precision); True: auto, False: fp32
     channels_last: bool = True
     source: dict | None = field(default=None, repr=False)  # checkpoint weights + load options (pickling)
     _tile: int | None = field(default=None, init=False, repr=False)
@@ -261,7 +261,7 @@ def predict_whole(pred: Predictor, raw: np.ndarray, *, amp: bool | str = False,
     x = x.to(p.device, p.dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), runtime.autocast(p.device, runtime.amp_dtype(p.device, amp)):
+    with torch.inference_mode(), runtime.precision_context(amp, p.device):
         out = pred.model(x)[0, :, :H, :W]
     labels = out.argmax(0).to("cpu", label_dtype(out.shape[0]))
     return tiling.Prediction(labels, out.float().cpu(), 1)

@@ -205,7 +205,7 @@ class _Run:
         t0, cfg, pred = time.perf_counter(), self.cfg, self.pred
         ckpt = cfg.checkpoint
         identity = {"checkpoint": file_identity(ckpt) if os.path.isfile(ckpt) else str(ckpt),
-                    "head": cfg.head, "device": pred.device.type, "amp": str(pred.amp)}
+                    "head": cfg.head, "device": pred.device.type, "precision": str(pred.amp)}
         bar = None
 
         def on_tile(done: int, total: int) -> None:
@@ -312,10 +312,11 @@ class _Run:
             p = next(pred.model.parameters())
             dense = d.scores.reshape(1, d.scores.shape[0], -1)  # (1, K, M), pixels in `pix` order
             # the reference follows the checkpoint's patch rule, whatever the dense network says
-            result = fcnseg.compare_dense(pred.dense, pred.model, x.to(p.device, p.dtype), pix,
-                                          dense_scores=dense, batch_size=self.cfg.patch_batch_size,
-                                          patch_size=pred.patch_size, pad_mode=pred.pad_mode,
-                                          pad_value=pred.pad_value)
+            with runtime.precision_context("fp32", p.device):   # the check is in IEEE fp32, always
+                result = fcnseg.compare_dense(pred.dense, pred.model, x.to(p.device, p.dtype), pix,
+                                              dense_scores=dense, batch_size=self.cfg.patch_batch_size,
+                                              patch_size=pred.patch_size, pad_mode=pred.pad_mode,
+                                              pad_value=pred.pad_value)
             diff, mism = result.max_abs, result.label_mismatches
             self.log(f"{job.item.rel}: region {region}, {pix.shape[0]} pixels: max |dense - patch| "
                      f"= {diff:.3g}, labels differing: {mism}")
@@ -386,7 +387,7 @@ def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
     pred = predictor or load_predictor(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
                                        channels_last=cfg.use_channels_last, head=cfg.head,
                                        tile_size=cfg.tile_size, memory_mb=cfg.memory_mb,
-                                       batch_size=cfg.batch_size, amp=cfg.amp)
+                                       batch_size=cfg.batch_size, amp=cfg.precision)
     tile = pred.tile()
     tag = f"rank {rank}/{world}: " if world > 1 else ""
     bar = tqdm(total=len(mine), unit="image", desc=f"rank {rank}" if world > 1 else "images",

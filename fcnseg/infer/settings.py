@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from fcnseg.data.io import MAX_IMAGE_PIXELS
 from fcnseg.settings import (AUTO, SettingsError, build_section, check_auto_or_positive, check_choice,
-                             check_device, check_positive)
+                             check_device, check_positive, check_precision)
 
 from .stream import LARGE_IMAGE_PIXELS
 from .summary import FORMATS as SUMMARY_FORMATS
@@ -37,7 +37,7 @@ class InferenceSettings:
     region: Sequence[int] | None = None    # check: (top, left, height, width); None: centre 32x32
     output_stride: int = 1
     head: int | str | None = None          # several outputs: the one to label with; "all": every head's scores
-    amp: Any = AUTO                        # auto | true: mixed precision on CUDA | false. Off on the CPU
+    precision: str = AUTO                  # auto | fp32 (IEEE) | tf32 | bf16 | fp16: fcnseg.runtime.precision
     channels_last: Any = AUTO              # auto (= true) | true | false
     summary: Sequence[str] = SUMMARY_FORMATS
     overlay_alpha: float = 0.5
@@ -73,7 +73,7 @@ class InferenceSettings:
         check_positive("max_image_pixels", self.max_image_pixels, allow_none=True)
         if isinstance(self.level, bool) or not isinstance(self.level, int) or self.level < 0:
             raise SettingsError("level", f"must be 0 (full resolution) or a positive pyramid level, got {self.level!r}")
-        check_choice("amp", self.amp, (AUTO, True, False))
+        check_precision("precision", self.precision)
         check_choice("channels_last", self.channels_last, (AUTO, True, False))
         if self.region is not None and (len(self.region) != 4 or
                                         not all(isinstance(v, int) for v in self.region)):
@@ -103,10 +103,6 @@ class InferenceSettings:
     def workers(self) -> int:
         """Decoding threads: read_workers, or min(4, CPUs) for auto."""
         return min(4, os.cpu_count() or 1) if self.read_workers == AUTO else int(self.read_workers)
-
-    @property
-    def use_amp(self) -> bool:
-        return self.amp is not False
 
     @property
     def use_channels_last(self) -> bool:

@@ -245,12 +245,14 @@ def _param_dtype_device(dense: nn.Module):
 def forward_windows(dense: nn.Module, batch: torch.Tensor, *, amp: bool = False,
                     channels_last: bool = False) -> torch.Tensor:
     """dense.forward_valid on a batch of padded windows (B, C, h, w) -> (B, K, h', w');
-    amp: mixed precision by the project's one rule (runtime.amp_dtype: CUDA only)."""
+    amp: the precision setting (fcnseg.runtime.precision: auto, fp32, tf32, bf16, fp16; True
+    means auto, False IEEE fp32)."""
     dtype, device = _param_dtype_device(dense)
-    batch = batch.to(device=device, dtype=dtype, non_blocking=True)
+    # asynchronous only from pinned memory (a pageable copy is synchronous anyway)
+    batch = batch.to(device=device, dtype=dtype, non_blocking=batch.is_pinned())
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), runtime.autocast(device, runtime.amp_dtype(device, amp)):
+    with torch.inference_mode(), runtime.precision_context(amp, device):
         return dense.forward_valid(batch)
 
 
@@ -391,6 +393,9 @@ def auto_tile_size(dense: nn.Module, in_channels: int, memory_mb: float, *, batc
         return batch_size * (4 * max(acts[:-1] or [0.0]) + acts[-1] + affine_sqrt(in1, in2, t))
 
     budget = float(memory_mb) * 2 ** 20
+    device_mb = runtime.device_memory_budget_mb(_param_dtype_device(dense)[1])
+    if device_mb is not None:          # CUDA: never more than half of what the device has free now
+        budget = min(budget, device_mb * 2 ** 20)
     if estimate(1) > budget:
         warnings.warn(f"memory_mb={memory_mb} is below what one output cell of "
                       f"{type(dense).__name__} needs (about {estimate(1) / 2**20:.0f} MB at "

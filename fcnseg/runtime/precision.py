@@ -93,6 +93,8 @@ def resolve_precision(name: str | Precision, device: torch.device | str) -> Prec
     device = torch.device(device)
     if isinstance(name, Precision):
         return name
+    if isinstance(name, bool):          # the old amp=true|false form: the rule, or IEEE fp32
+        name = "auto" if name else "fp32"
     name = str(name)
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
@@ -214,10 +216,6 @@ def precision_context(precision: str | Precision | None, device: torch.device | 
 def amp_dtype(device: torch.device | str, enabled: bool | str = "auto") -> torch.dtype | None:
     """The autocast dtype of a precision setting on ``device`` (None: float32). Also takes the
     old boolean form: True means auto, False means fp32."""
-    if enabled is True:
-        enabled = "auto"
-    elif enabled is False:
-        enabled = "fp32"
     return resolve_precision(enabled, device).autocast_dtype
 
 

@@ -28,7 +28,7 @@ def test_device_vocabulary(device):
 
 @pytest.mark.parametrize("key,value", [
     ("device", "gpu"), ("device", "cuda:x"), ("batch_size", 0), ("output_stride", 1.5),
-    ("tile_size", -1), ("memory_mb", 0), ("amp", "yes"), ("channels_last", "no"),
+    ("tile_size", -1), ("memory_mb", 0), ("precision", "half"), ("channels_last", "no"),
     ("summary", ["xml"]), ("summary", []), ("region", [1, 2, 3]), ("overlay_alpha", 2.0),
     ("read_workers", -1), ("read_ahead", 0), ("dist_timeout_s", 0), ("check", "maybe")])
 def test_impossible_values_name_their_key(key, value):
