@@ -99,7 +99,7 @@ def test_the_core_runs_without_any_extra():
             "x = torch.randn(1, 1, 40, 36, dtype=torch.float64)\n"
             "c = fcnseg.compare_dense(fcnseg.densify(net), net, x)\n"
             "assert c.max_abs < 1e-12 and c.label_agreement == 1.0, c\n"
-            "resnet = fcnseg.zoo.create('resnet18', num_classes=3, width_mult=1 / 16, padding='same')  # torchvision's\n"
+            "resnet = fcnseg.zoo.create('resnet18', num_classes=3, width_mult=1 / 16, padding='same')\n"
             "assert resnet(torch.randn(1, 3, 64, 64)).shape == (1, 3)\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
@@ -108,3 +108,13 @@ def test_ci_runs_the_readme_test_command_verbatim():
     readme = (ROOT / "README.md").read_text()
     command = next(line for line in readme.splitlines() if line.startswith("python3 -m venv") and "[dev]" in line)
     assert command in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_a_missing_package_under_another_is_named_too(monkeypatch):
+    from fcnseg.extras import MissingExtraError, require
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    with pytest.raises(MissingExtraError, match=r"fcnseg\[tensorboard\]") as info:
+        require("torch.utils.tensorboard", "logger=tensorboard")
+    assert info.value.name == "tensorboard"
