@@ -16,6 +16,7 @@ the run stops before the first step with the sizes that would fit.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 
@@ -27,9 +28,11 @@ from fcnseg.settings import SettingsError
 from fcnseg.train import report
 from fcnseg.train.errors import TrainingError
 from fcnseg.train.evaluate import classification_metrics, evaluate
-from fcnseg.train.loaders import collate_patches, seed_worker
+from fcnseg.train.loaders import collate_patches, seed_worker, worker_count
 from fcnseg.train.networks import channels_last_of, padding_of, patch_classifier
 from fcnseg.train.task import Task
+
+logger = logging.getLogger(__name__)
 
 METHOD = "classify"  # the checkpoint's "method": trained as a classifier on labelled patches
 CURVES = (("val_accuracy", "accuracy"), ("val_mean_class_accuracy", "mean class accuracy"))
@@ -69,8 +72,8 @@ class PatchClassificationTask(Task):
             raise TrainingError("training on labelled patches runs in one process; start it without "
                                 "torchrun (trainer.device=cuda uses one GPU)")
 
-    def __init__(self, settings, env, generator, log):
-        self.settings, self.env, self.log = settings, env, log
+    def __init__(self, settings, env, generator):
+        self.settings, self.env = settings, env
         trainer = settings.trainer
         device = env.device
         self.method = METHOD
@@ -101,11 +104,12 @@ class PatchClassificationTask(Task):
         else:
             sampler = torch.utils.data.RandomSampler(ds, generator=generator)
         pin = device.type == "cuda"
+        workers = worker_count(trainer.num_workers, device)
         self.train_loader = torch.utils.data.DataLoader(
-            ds, trainer.batch_size, sampler=sampler, num_workers=trainer.num_workers,
+            ds, trainer.batch_size, sampler=sampler, num_workers=workers,
             collate_fn=collate_patches, pin_memory=pin, generator=generator, worker_init_fn=seed_worker)
         self.val_loader = torch.utils.data.DataLoader(
-            self.val_ds, trainer.val_batch_size, shuffle=False, num_workers=trainer.num_workers,
+            self.val_ds, trainer.val_batch_size, shuffle=False, num_workers=workers,
             collate_fn=collate_patches, pin_memory=pin)
 
     # ------------------------------------------------------------------ checkpoints
@@ -148,15 +152,16 @@ class PatchClassificationTask(Task):
         self.model.eval()
         scores = lambda x: self.model(x).flatten(1)  # noqa: E731  (N, K) from (N, K) or (N, K, 1, 1)
         cm = evaluate(scores, self.val_loader, self.train_ds.num_classes, device=self.env.device,
-                      amp_dtype=run.amp_dtype, channels_last=self.channels_last, stop=run.stop)
+                      amp_dtype=run.amp_dtype, channels_last=self.channels_last, stop=run.stop,
+                      progress=True)
         if cm is None:
             return None
         metrics = classification_metrics(cm)
         loss = sum(losses) / max(len(losses), 1)
         plan = run.plan
-        self.log(f"step {run.step}/{plan.total_steps}: loss {loss:.4f}  val accuracy "
-                 f"{metrics['accuracy']:.4f}  mean class accuracy {metrics['mean_class_accuracy']:.4f}  "
-                 f"train {train_time:.1f}s")
+        logger.info(f"step {run.step}/{plan.total_steps}: loss {loss:.4f}  val accuracy "
+                    f"{metrics['accuracy']:.4f}  mean class accuracy {metrics['mean_class_accuracy']:.4f}  "
+                    f"train {train_time:.1f}s")
         return {
             "step": run.step, "epoch": round(run.step / plan.steps_per_epoch, 3), "train_loss": loss,
             "val_accuracy": metrics["accuracy"], "val_mean_class_accuracy": metrics["mean_class_accuracy"],
@@ -177,10 +182,9 @@ class PatchClassificationTask(Task):
 
     def final_report(self, run, metrics):
         names = list(self.train_ds.class_names)
-        self.log(report.iou_table(metrics, names, ("per_class_accuracy", "accuracy"),
-                                  (("accuracy", "accuracy"), ("mean_class_accuracy", "mean class accuracy"))))
+        logger.info(report.accuracy_table(metrics, names))
         out = dict(metrics, method=METHOD, model=self.spec["name"], patch_size=list(self.patch_size),
                    best_accuracy=run.best, steps=run.step, class_names=names, device=str(self.env.device),
                    world_size=1, train_times_s=[h["train_time_s"] for h in run.history])
         report.write_json(run.run_dir / "metrics.json", out)
-        self.log(f"wrote metrics.json, metrics.csv, curves.png, last.pt, best.pt to {run.run_dir}")
+        logger.info(f"wrote metrics.json, metrics.csv, curves.png, last.pt, best.pt to {run.run_dir}")

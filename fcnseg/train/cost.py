@@ -15,6 +15,7 @@ would (a smaller batch, a larger output stride, a narrower network), cheapest ch
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -27,6 +28,8 @@ from fcnseg.checkpoint import build_model, model_spec
 from fcnseg.dense import densify, freeze_batchnorm
 from fcnseg.train.errors import TrainingError
 from fcnseg.train.networks import padding_of
+
+logger = logging.getLogger(__name__)
 
 MIB = 2 ** 20
 
@@ -242,12 +245,12 @@ def settings_that_fit(settings, nets, setup: StepSetup, step: StepCost, limit):
     return out
 
 
-def check_training_step(settings, nets, setup: StepSetup, total_steps, log):
+def check_training_step(settings, nets, setup: StepSetup, total_steps):
     """(StepCost, patches per micro-batch or None) of the run's step, logged; a TrainingError
     with the settings that fit when it needs more memory than the limit, a warning when it
     would take over a minute on a CPU."""
     step, chunk = training_step_cost(nets.train_net, nets.model, nets.stride, setup)
-    log(step.summary())
+    logger.info(step.summary())
     device = setup.device
     limit = memory_limit_bytes(settings.trainer.memory_limit_mb, device)
     if step.memory_bytes > limit:
@@ -259,9 +262,9 @@ def check_training_step(settings, nets, setup: StepSetup, total_steps, log):
             f"{'; '.join(fixes) if fixes else 'none found, use a smaller network'}",
             fixes=fixes)
     if device.type == "cpu" and step.seconds > 60:
-        log(f"warning: one step is expected to take {duration(step.seconds)} on this "
-            f"CPU, the run ({total_steps} steps) about "
-            f"{duration(step.seconds * total_steps)}; a GPU "
-            f"(trainer.device=cuda), a larger output stride, a smaller batch or a "
-            f"narrower network (model.kwargs.width_mult) is faster")
+        logger.warning(f"one step is expected to take {duration(step.seconds)} on this "
+                       f"CPU, the run ({total_steps} steps) about "
+                       f"{duration(step.seconds * total_steps)}; a GPU "
+                       f"(trainer.device=cuda), a larger output stride, a smaller batch or a "
+                       f"narrower network (model.kwargs.width_mult) is faster")
     return step, chunk

@@ -8,6 +8,17 @@ import torch
 from fcnseg.train.errors import TrainingError
 
 
+WORKERS_PER_GPU = 4  # num_workers=auto on a GPU: enough decoding to keep one GPU fed
+
+
+def worker_count(num_workers, device):
+    """trainer.num_workers: an integer as it is; auto: 0 on the CPU (loader processes would
+    compete with the step for the same cores), WORKERS_PER_GPU for this process's GPU."""
+    if num_workers != "auto":
+        return int(num_workers)
+    return WORKERS_PER_GPU if torch.device(device).type == "cuda" else 0
+
+
 def epoch_seed(seed, epoch):
     """The seed of one epoch: batch order, augmentation and per-step pixel draws start from it."""
     return seed * 100_003 + epoch

@@ -1,8 +1,9 @@
-"""What a run leaves behind: IoU table, metrics.json/csv, curves.png, val_grid.png."""
+"""What a run leaves behind: IoU table, metrics.json/csv, steps.csv, curves.png, val_grid.png."""
 import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +21,12 @@ def iou_table(metrics, class_names, column=("per_class_iou", "IoU"),
         lines.append(f"{name:<20} {'absent' if math.isnan(v) else f'{v:.4f}':>9}")
     lines += ["-" * 30] + [f"{label:<20} {metrics[k]:>9.4f}" for k, label in totals]
     return "\n".join(lines)
+
+
+def accuracy_table(metrics, class_names):
+    """The table of a patch classifier: accuracy per class, then overall and mean class accuracy."""
+    return iou_table(metrics, class_names, ("per_class_accuracy", "accuracy"),
+                     (("accuracy", "accuracy"), ("mean_class_accuracy", "mean class accuracy")))
 
 
 def _json_safe(x):
@@ -44,6 +51,33 @@ def write_csv(path, history):
     w.writeheader()
     w.writerows(history)
     write_text_atomic(path, buf.getvalue())
+
+
+class ScalarLog:
+    """Per-step scalars (step, epoch, loss, lr, seconds, images per second), one CSV row per
+    optimiser step, appended as the run goes so the file is current while it runs. A
+    resumed run keeps the rows up to the step it resumes from (keep_until); a fresh one
+    (keep_until=0) starts the file anew."""
+
+    FIELDS = ("step", "epoch", "loss", "lr", "seconds", "images_per_s")
+
+    def __init__(self, path, keep_until=0):
+        self.path = Path(path)
+        kept = []
+        if keep_until and self.path.is_file():
+            with open(self.path, newline="") as f:
+                kept = [r for r in csv.DictReader(f) if r.get("step", "").isdigit()
+                        and int(r["step"]) <= keep_until]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.FIELDS, lineterminator="\n", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(kept)
+        write_text_atomic(self.path, buf.getvalue())
+
+    def append(self, **row):
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.FIELDS, lineterminator="\n").writerow(
+                {k: ("" if row.get(k) is None else row[k]) for k in self.FIELDS})
 
 
 def plot_curves(path, history, scores=(("val_miou", "mIoU"), ("val_pixel_acc", "pixel acc"))):

@@ -8,6 +8,7 @@ net at stride 1, every pixel; the report is the per-class IoU table and metrics.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import torch
@@ -17,12 +18,14 @@ from fcnseg.data import build_dataset, build_transform, validate_dataset
 from fcnseg.dense import freeze_batchnorm
 from fcnseg.train import cost, report
 from fcnseg.train.errors import TrainingError
-from fcnseg.train.evaluate import evaluate
-from fcnseg.train.loaders import collate_images, epoch_seed, seed_worker
+from fcnseg.train.evaluate import evaluate, plan_validation, predict_labels
+from fcnseg.train.loaders import collate_images, epoch_seed, seed_worker, worker_count
 from fcnseg.train.networks import build_networks, padding_of
 from fcnseg.train.sampling import gather_targets, sample_pixels
 from fcnseg.train.step import dense_logits, full_precision, patch_backward
 from fcnseg.train.task import Task
+
+logger = logging.getLogger(__name__)
 
 
 def build_datasets(data, aug):
@@ -45,8 +48,8 @@ def build_datasets(data, aug):
 class SegmentationTask(Task):
     SCORE = "miou"
 
-    def __init__(self, settings, env, generator, log):
-        self.settings, self.env, self.log = settings, env, log
+    def __init__(self, settings, env, generator):
+        self.settings, self.env = settings, env
         trainer = settings.trainer
         self.train_ds, self.val_ds, self.class_counts = build_datasets(settings.data, settings.aug)
         ds = self.train_ds
@@ -66,7 +69,7 @@ class SegmentationTask(Task):
                                 # a head the dense graph does not compute gets no gradient
                                 find_unused_parameters=bool(runtime.unread_parameters(self.train_net)))
         self._build_loaders(generator)
-        self.patch_chunk = None
+        self.patch_chunk = self.val_plan = None
 
     def _build_loaders(self, generator):
         trainer, env = self.settings.trainer, self.env
@@ -78,13 +81,14 @@ class SegmentationTask(Task):
             sampler = torch.utils.data.RandomSampler(self.train_ds, generator=generator)
             val_sampler = None
         pin = env.device.type == "cuda"
+        workers = worker_count(trainer.num_workers, env.device)
         self.train_loader = torch.utils.data.DataLoader(
-            self.train_ds, trainer.batch_size, sampler=sampler, num_workers=trainer.num_workers,
+            self.train_ds, trainer.batch_size, sampler=sampler, num_workers=workers,
             collate_fn=collate_images, generator=generator, worker_init_fn=seed_worker,
             pin_memory=pin, persistent_workers=False)
         self.val_loader = torch.utils.data.DataLoader(
             self.val_ds, trainer.val_batch_size, sampler=val_sampler, shuffle=False,
-            num_workers=trainer.num_workers, collate_fn=collate_images, pin_memory=pin)
+            num_workers=workers, collate_fn=collate_images, pin_memory=pin)
 
     # ------------------------------------------------------------------ cost
     def estimate_step(self, run):
@@ -96,7 +100,13 @@ class SegmentationTask(Task):
             sample_fraction=trainer.sample_fraction, patch_memory_mb=trainer.patch_memory_mb,
             channels_last=self.channels_last, device=self.env.device)
         step, self.patch_chunk = cost.check_training_step(self.settings, self.nets, setup,
-                                                          run.plan.total_steps, self.log)
+                                                          run.plan.total_steps)
+        # validation runs beside the weights and optimiser state, once the step's maps are freed
+        budget = cost.memory_limit_bytes(trainer.memory_limit_mb, self.env.device) - step.state_bytes
+        self.val_plan = plan_validation(self.eval_net, self.in_channels, trainer.val_batch_size, budget,
+                                        run.amp_dtype is not None, self.channels_last)
+        if self.val_plan is not None:
+            logger.info(self.val_plan.describe(trainer.val_batch_size))
         return step
 
     # ------------------------------------------------------------------ checkpoints
@@ -116,8 +126,8 @@ class SegmentationTask(Task):
                                 f"build {self.spec}; resume with the same model and data")
         total = run.plan.total_steps
         if checkpoint.get("total_steps", total) != total:
-            self.log(f"resume: the step budget changed from {checkpoint['total_steps']} to "
-                     f"{total}; the schedule follows the new one")
+            logger.info(f"resume: the step budget changed from {checkpoint['total_steps']} to "
+                        f"{total}; the schedule follows the new one")
 
     # ------------------------------------------------------------------- training
     def train_mode(self):
@@ -172,7 +182,8 @@ class SegmentationTask(Task):
         self.model.eval()
         cm = evaluate(self.eval_net, self.val_loader, self.num_classes, self.ignore_index,
                       env.device, run.amp_dtype, self.channels_last,
-                      stop=run.stop if not env.enabled else None)
+                      stop=run.stop if not env.enabled else None, plan=self.val_plan,
+                      progress=env.main)
         if cm is None:
             return None
         metrics = cm.compute()
@@ -184,9 +195,9 @@ class SegmentationTask(Task):
             "val_pixel_acc": metrics["pixel_acc"], "lr": run.scheduler.get_last_lr()[0],
             "method": self.method, "train_time_s": round(train_time, 3),
             "eval_time_s": round(time.perf_counter() - t0, 3), "metrics": metrics}
-        self.log(f"\nstep {run.step}/{plan.total_steps}: loss {mean_loss:.4f}  val mIoU "
-                 f"{metrics['miou']:.4f}  pixel acc {metrics['pixel_acc']:.4f}  train "
-                 f"{train_time:.1f}s")
+        logger.info(f"step {run.step}/{plan.total_steps}: loss {mean_loss:.4f}  val mIoU "
+                    f"{metrics['miou']:.4f}  pixel acc {metrics['pixel_acc']:.4f}  train "
+                    f"{train_time:.1f}s")
         return row
 
     # ------------------------------------------------------------------- reports
@@ -199,14 +210,8 @@ class SegmentationTask(Task):
         if n <= 0:
             return
         items = [self.val_ds[i] for i in range(min(n, len(self.val_ds)))]
-        preds = []
-        with torch.no_grad():
-            for it in items:
-                x = it["image"][None].to(self.env.device)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with runtime.autocast(self.env.device, run.amp_dtype):
-                    preds.append(self.eval_net(x).argmax(1)[0].cpu())
+        preds = [predict_labels(self.eval_net, it["image"], self.val_plan, self.env.device,
+                                run.amp_dtype, self.channels_last) for it in items]
         report.plot_grid(run.run_dir / "val_grid.png", [it["image"] for it in items],
                          [it["mask"] for it in items], preds, self.train_ds.palette,
                          self.train_ds.mean, self.train_ds.std, self.ignore_index)
@@ -224,7 +229,7 @@ class SegmentationTask(Task):
         if not self.env.main:
             return
         names = [str(c) for c in self.train_ds.class_names]
-        self.log(report.iou_table(metrics, names))
+        logger.info(report.iou_table(metrics, names))
         out = dict(metrics, method=self.method, model=self.spec["name"],
                    patch_size=list(self.patch_size) if self.patch_size else None,
                    output_stride=self.stride, best_miou=run.best, steps=run.step,
@@ -233,5 +238,5 @@ class SegmentationTask(Task):
                    train_times_s=[h["train_time_s"] for h in run.history],
                    eval_times_s=[h["eval_time_s"] for h in run.history])
         report.write_json(run.run_dir / "metrics.json", out)
-        self.log(f"wrote metrics.json, metrics.csv, curves.png, val_grid.png, last.pt, best.pt "
-                 f"to {run.run_dir}")
+        logger.info(f"wrote metrics.json, metrics.csv, curves.png, val_grid.png, last.pt, best.pt "
+                    f"to {run.run_dir}")

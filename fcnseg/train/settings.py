@@ -16,8 +16,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from fcnseg.settings import (SettingsError, build_section, check_auto_or_positive, check_choice, check_positive,
-                             check_precision)
+from fcnseg.settings import (AUTO, SettingsError, build_section, check_auto_or_positive, check_choice, check_device,
+                             check_positive, check_precision)
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -29,7 +29,7 @@ class TrainerSettings:
     epochs: int | None = None     # instead of steps: passes over the training set
     max_steps: int | None = None  # hard cap on the steps whatever the budget (quick checks)
     eval_every: int = 250         # validation, checkpoints, curves and grid every N steps (and at the end)
-    device: str = "auto"          # auto: CUDA when present, else CPU | cpu | cuda
+    device: str = "auto"          # auto: CUDA when present, else CPU | cpu | cuda | cuda:<index>
     precision: str = "auto"       # auto | fp32 (IEEE) | tf32 | bf16 | fp16 (+ grad scaler): fcnseg.runtime.precision
     channels_last: Any = "auto"   # auto: on (NHWC is faster for the dilated layers, CPU too) | true | false
     output_stride: Any = "auto"   # auto: 2 for a patch classifier trained densely, else 1 | an integer
@@ -37,7 +37,7 @@ class TrainerSettings:
     balance_classes: bool = False  # draw pixels with probability 1/(class pixels in the image)
     batch_size: int = 8
     val_batch_size: int = 20
-    num_workers: int = 0
+    num_workers: Any = "auto"     # data loading processes | auto: 0 on CPU, 4 per GPU
     seed: int = 0
     deterministic: bool = False
     patch_memory_mb: Any = "auto"  # patch method: activation budget of one micro-batch | auto
@@ -48,9 +48,12 @@ class TrainerSettings:
         check_choice("trainer.method", self.method, ("dense", "patch"))
         check_auto_or_positive("trainer.steps", self.steps)
         check_positive("trainer.epochs", self.epochs, allow_none=True)
+        if self.max_steps == 0 and not isinstance(self.max_steps, bool):
+            raise SettingsError("trainer.max_steps", "0 would train nothing; to score a checkpoint without "
+                                "training, run python tools/evaluate.py checkpoint=PATH")
         check_positive("trainer.max_steps", self.max_steps, allow_none=True)
         check_positive("trainer.eval_every", self.eval_every)
-        check_choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
+        check_device("trainer.device", self.device)
         check_precision("trainer.precision", self.precision)
         check_choice("trainer.channels_last", self.channels_last, ("auto", True, False))
         check_auto_or_positive("trainer.output_stride", self.output_stride)
@@ -58,8 +61,9 @@ class TrainerSettings:
             raise SettingsError("trainer.sample_fraction", f"must be in (0, 1], got {self.sample_fraction}")
         check_positive("trainer.batch_size", self.batch_size)
         check_positive("trainer.val_batch_size", self.val_batch_size)
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise SettingsError("trainer.num_workers", f"must be >= 0, got {self.num_workers!r}")
+        if self.num_workers != AUTO and (not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool)
+                                         or self.num_workers < 0):
+            raise SettingsError("trainer.num_workers", f"must be auto or an integer >= 0, got {self.num_workers!r}")
         check_auto_or_positive("trainer.patch_memory_mb", self.patch_memory_mb, float)
         check_auto_or_positive("trainer.memory_limit_mb", self.memory_limit_mb, float)
         if not isinstance(self.grid_images, int) or self.grid_images < 0:
@@ -95,6 +99,14 @@ class DataSettings:
     def __post_init__(self):
         if self.root in (None, "", "???"):
             raise SettingsError("data.root", "is not set; give the dataset's directory")
+
+    @classmethod
+    def from_dict(cls, values) -> "DataSettings":
+        """The data group as a config file writes it: keys other than the fields are options."""
+        data = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        options = {k: data.pop(k) for k in list(data) if k not in known}
+        return build_section("data", cls, dict(data, options=options))
 
 
 # -------------------------------------------------------------------------- optimiser
@@ -210,12 +222,9 @@ class TrainSettings:
         for required in ("model", "data"):
             if not cfg.get(required):
                 raise SettingsError(required, "is missing")
-        data = dict(cfg["data"])
-        known = {f.name for f in dataclasses.fields(DataSettings)} - {"options"}
-        options = {k: data.pop(k) for k in list(data) if k not in known}
         return cls(
             model=build_section("model", ModelSettings, cfg["model"]),
-            data=build_section("data", DataSettings, dict(data, options=options)),
+            data=DataSettings.from_dict(cfg["data"]),
             optim=_named("optim", OPTIMIZERS, cfg.get("optim"), "adamw"),
             sched=_named("sched", SCHEDULES, cfg.get("sched"), "cosine"),
             loss=_named("loss", LOSSES, cfg.get("loss"), "ce"),
@@ -225,6 +234,41 @@ class TrainSettings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class EvaluateSettings:
+    """tools/evaluate.py: a checkpoint scored on a labelled split (conf/evaluate.yaml)."""
+    checkpoint: str | None = None  # the last.pt / best.pt to score
+    data: Any = None              # DataSettings: which dataset (its split below, not train/val_split)
+    split: str = "val"
+    device: str = "auto"          # auto | cpu | cuda | cuda:<index>
+    precision: str = "auto"       # as trainer.precision: auto | fp32 | tf32 | bf16 | fp16
+    channels_last: Any = "auto"   # as trainer.channels_last
+    batch_size: int = 20          # images (or patches) per pass, as trainer.val_batch_size
+    num_workers: Any = "auto"     # as trainer.num_workers
+    memory_limit_mb: Any = "auto"  # larger images are scored in tiles | auto: 90% of the free memory
+    output: str | None = None     # the directory of metrics.json | null: the tool's run directory
+
+    def __post_init__(self):
+        if self.checkpoint in (None, "", "???"):
+            raise SettingsError("checkpoint", "is not set; give the path of a last.pt or best.pt")
+        if not isinstance(self.data, DataSettings):
+            raise SettingsError("data", "is missing; choose a data group (data=<name>) with its root")
+        check_device("device", self.device)
+        check_precision("precision", self.precision)
+        check_choice("channels_last", self.channels_last, ("auto", True, False))
+        check_positive("batch_size", self.batch_size)
+        if self.num_workers != AUTO and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise SettingsError("num_workers", f"must be auto or an integer >= 0, got {self.num_workers!r}")
+        check_auto_or_positive("memory_limit_mb", self.memory_limit_mb, float)
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "EvaluateSettings":
+        """Plain dicts (the data group nested) -> settings; unknown keys are errors."""
+        cfg = dict(cfg)
+        data = cfg.pop("data", None)
+        return build_section("", cls, dict(cfg, data=DataSettings.from_dict(data) if data else None))
 
 
 def _named(group, table, values, default):

@@ -8,7 +8,7 @@ kind (fcnseg.train.trainer.TASKS): pixel segmentation of images with label masks
 (segmentation.SegmentationTask) and classification of labelled patches
 (classify.PatchClassificationTask).
 
-`Task(settings, env, generator, log)` builds the data, model and loaders; afterwards the
+`Task(settings, env, generator)` builds the data, model and loaders; afterwards the
 attributes in `Task.ATTRIBUTES` are set (the run checks them, `check_task`). The methods
 take the run where they need its optimiser, step count or stop lock.
 """
@@ -27,7 +27,7 @@ class Task(abc.ABC):
                   "channels_last")
 
     @abc.abstractmethod
-    def __init__(self, settings, env, generator, log):
+    def __init__(self, settings, env, generator):
         """Datasets, model and loaders from the TrainSettings, on env.device."""
 
     @classmethod

@@ -11,12 +11,14 @@ validation, the report) is the task's (task.Task).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fcnseg import runtime
 from fcnseg.checkpoint import load_checkpoint, save_checkpoint
@@ -28,6 +30,8 @@ from fcnseg.train.schedule import StepPlan, build_optimizer, build_scheduler
 from fcnseg.train.signals import StopRequest, run_stoppable
 from fcnseg.train.task import check_task
 
+logger = logging.getLogger(__name__)
+
 
 class TrainingRun:
     """One run of `task_class` (a task.Task) as `settings` (TrainSettings) say, writing into
@@ -36,7 +40,6 @@ class TrainingRun:
     def __init__(self, task_class, settings, run_dir: Path, env):
         self.settings, self.run_dir, self.env = settings, run_dir, env
         self.trainer = trainer = settings.trainer
-        self.log = print if env.main else (lambda *a, **k: None)
         task_class.check_environment(env)
         runtime.configure_determinism(trainer.deterministic, env.device)
         runtime.seed_all(trainer.seed)
@@ -45,11 +48,11 @@ class TrainingRun:
         self.step, self.best, self.history = 0, -1.0, []
         self.resumed_rng, self.safe_rng = None, None
         self.stop = StopRequest()
-        self.task = check_task(task_class(settings, env, self.gen, self.log))
+        self.task = check_task(task_class(settings, env, self.gen))
         self.plan = StepPlan.from_settings(trainer, len(self.task.train_loader))
         auto_weights = self._build_optimisation(self.task.class_counts)
         if auto_weights is not None:
-            self.log("class weights: " + " ".join(f"{w:.2f}" for w in auto_weights))
+            logger.info("class weights: " + " ".join(f"{w:.2f}" for w in auto_weights))
         if settings.resume:
             self._resume(settings.resume)
         self.step_cost = self.task.estimate_step(self)
@@ -105,27 +108,27 @@ class TrainingRun:
         self.scaler.load_state_dict(ck["scaler"])
         self.step, self.best, self.history = ck["step"], ck[self._best_key], list(ck["history"])
         self.resumed_rng = ck["rng"]
-        self.log(f"resumed from {path}: step {self.step} of {self.plan.total_steps}")
+        logger.info(f"resumed from {path}: step {self.step} of {self.plan.total_steps}")
 
     def _abandon(self):
         """The stop path of signals.run_stoppable: checkpoint of the last completed step."""
         metrics = self.history[-1]["metrics"] if self.history else None
         self._save("last.pt", self._state(metrics, self.safe_rng))
-        self.log(f"\nabandoned the step in progress; checkpoint of step {self.step} at "
-                 f"{self.run_dir / 'last.pt'}", flush=True)
+        logger.warning(f"abandoned the step in progress; checkpoint of step {self.step} at "
+                       f"{self.run_dir / 'last.pt'}")
 
     def _interrupted(self):
         metrics = self.history[-1]["metrics"] if self.history else None
         with self.stop.lock:
             self._save("last.pt", self._state(metrics, self.safe_rng))
-        self.log(f"stopped by signal {self.stop.signum}: checkpoint at "
-                 f"{self.run_dir / 'last.pt'} (step {self.step} of {self.plan.total_steps})")
+        logger.warning(f"stopped by signal {self.stop.signum}: checkpoint at "
+                       f"{self.run_dir / 'last.pt'} (step {self.step} of {self.plan.total_steps})")
         return {"interrupted": True, "step": self.step, "run_dir": str(self.run_dir),
                 "signal": self.stop.signum}
 
     # --------------------------------------------------------------------- training
     def fit(self, exit_on_signal=False):
-        self.log(self.task.summary(self))
+        logger.info(self.task.summary(self))
         self.stop.hard_exit = exit_on_signal
         installed = self.stop.install()
         # one block for the whole run: every step's maps and gradients reuse the pages of the
@@ -191,10 +194,14 @@ class TrainingRun:
                        "trainer.precision=fp32"])
 
     def _train(self):
+        # per-step scalars in steps.csv (a resumed run keeps the rows up to its step)
+        self.scalars = report.ScalarLog(self.run_dir / "steps.csv", keep_until=self.step) \
+            if self.env.main else None
         self.bar = tqdm(total=self.plan.total_steps, initial=self.step, disable=not self.env.main,
                         desc=f"train [{self.task.method}]", dynamic_ncols=True, leave=True)
         try:
-            return self._steps()
+            with logging_redirect_tqdm():  # log lines above the bar, not through it
+                return self._steps()
         finally:
             self.bar.close()  # also when a step raised (a diverged loss)
 
@@ -237,8 +244,14 @@ class TrainingRun:
                 self.step += 1
         if self.step_cost is not None and not self.first_step_logged:
             self.first_step_logged = True
-            self.log(f"\nfirst step: {time.perf_counter() - started:.2f} s (estimated "
-                     f"{self.step_cost.seconds:.2f} s)")
+            logger.info(f"first step: {time.perf_counter() - started:.2f} s (estimated "
+                        f"{self.step_cost.seconds:.2f} s)")
+        seconds = time.perf_counter() - started
+        if self.scalars is not None:
+            images = len(batch["image"]) * self.env.world_size
+            self.scalars.append(step=self.step, epoch=epoch, loss=loss,
+                                lr=self.scheduler.get_last_lr()[0], seconds=round(seconds, 4),
+                                images_per_s=round(images / max(seconds, 1e-9), 2))
         self.bar.update(1)
         if loss is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")

@@ -199,3 +199,16 @@ def test_checkpoint_labels_whole_images_exactly_as_the_patch_classifier(trained,
         dense = pred.dense(pred.transform(pred.prepare(read_image(tmp_path / "in" / "scene.png")))[None].double())
     assert dense.shape == (1, 3, 37, 42)
     assert (dense[0] - ref).abs().max() <= 1e-9 * ref.abs().max()
+
+
+def test_the_checkpoint_scores_later_as_the_run_validated_it(trained, patch_root, tmp_path):
+    from fcnseg.train.evaluate import evaluate_checkpoint
+    from fcnseg.train.settings import EvaluateSettings
+    out, _ = trained
+    settings = EvaluateSettings.from_dict({"checkpoint": str(out / "last.pt"), "batch_size": 7,
+                                           "data": {"kind": "patches", "root": str(patch_root)}})
+    evaluate_checkpoint(settings, tmp_path)
+    got = json.loads((tmp_path / "metrics.json").read_text())
+    final = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "mean_class_accuracy", "per_class_accuracy", "confusion_matrix"):
+        assert got[key] == final[key], key

@@ -1,9 +1,13 @@
-"""Two gloo processes evaluating shards of the validation set give, after the all_reduce,
-exactly the confusion matrix of one process evaluating everything."""
+"""Validation (fcnseg.train.evaluate): a checkpoint scored later gives the numbers of the
+run's own validation, whole or in tiles under a small memory budget; two gloo processes
+evaluating shards give, after the all_reduce, the confusion matrix of one process."""
+import json
+import logging
 import os
 import socket
 
 import pytest
+import yaml
 
 import torch
 import torch.distributed as dist
@@ -13,11 +17,72 @@ import fcnseg
 import fcnseg.zoo
 import fcnseg.zoo.patchnets  # noqa: F401
 from fcnseg.data import build_dataset
-from fcnseg.train import evaluate
 from fcnseg.runtime import ShardSampler
+from fcnseg.settings import SettingsError, defaults
+from fcnseg.train.evaluate import evaluate, evaluate_checkpoint, plan_validation
 from fcnseg.train.loaders import collate_images
+from fcnseg.train.settings import DataSettings, EvaluateSettings
 
-from helpers import make_scenes
+from helpers import ROOT, compose, make_scenes, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def run(scenes, tmp_path_factory):
+    """A tiny run: 8 steps, validation every 4 and at the end."""
+    out = tmp_path_factory.mktemp("evaluated_run")
+    fcnseg.train.run(compose(tiny_overrides(scenes, "trainer.epochs=null", "trainer.steps=8",
+                                            "trainer.eval_every=4", "trainer.grid_images=0")), out)
+    return out
+
+
+def _score(run_dir, scenes, out, name="last.pt", **kw):
+    settings = EvaluateSettings(checkpoint=str(run_dir / name), batch_size=2,
+                                data=DataSettings(kind="folder", root=str(scenes),
+                                                  options={"num_classes": 3}), **kw)
+    return evaluate_checkpoint(settings, out), json.loads((out / "metrics.json").read_text())
+
+
+def test_a_checkpoint_scores_as_the_run_validated_it(run, scenes, tmp_path):
+    final = json.loads((run / "metrics.json").read_text())
+    metrics, written = _score(run, scenes, tmp_path / "last")
+    for key in ("miou", "pixel_acc", "per_class_iou"):
+        assert written[key] == final[key], key  # exactly: the same code on the same weights
+    assert written["split"] == "val" and written["step"] == 8 and written["class_names"] == final["class_names"]
+    best = torch.load(run / "best.pt", weights_only=True)
+    _, again = _score(run, scenes, tmp_path / "best", "best.pt")
+    assert again["miou"] == best["metrics"]["miou"] == final["best_miou"]
+    assert again["per_class_iou"] == [None if v != v else v for v in best["metrics"]["per_class_iou"]]
+
+
+def test_images_above_the_memory_budget_are_scored_in_tiles_to_the_same_numbers(run, scenes, tmp_path, caplog):
+    # 1.2 MiB: one 32x32 validation image at stride 1 does not fit in one pass of this net
+    ck = torch.load(run / "last.pt", weights_only=True)
+    model, info = fcnseg.checkpoint.model_from_checkpoint(ck)
+    net = fcnseg.densify(model, info["patch_size"], pad_mode=info["pad_mode"])
+    plan = plan_validation(net, 1, 2, 1.2 * 2**20)
+    assert plan.whole_side < 32 and plan.tile_side < 32  # several tiles per image
+    with caplog.at_level(logging.INFO, logger="fcnseg.train"):
+        metrics, written = _score(run, scenes, tmp_path, memory_limit_mb=1.2)
+    assert "larger ones in tiles" in caplog.text
+    final = json.loads((run / "metrics.json").read_text())
+    assert [written[k] for k in ("miou", "pixel_acc", "per_class_iou")] == \
+        [final[k] for k in ("miou", "pixel_acc", "per_class_iou")]
+
+
+def test_a_budget_below_one_output_cell_is_refused(run, scenes, tmp_path):
+    with pytest.raises(fcnseg.train.TrainingError, match="validation cannot fit.*memory limit"):
+        _score(run, scenes, tmp_path, memory_limit_mb=0.1)
+
+
+def test_the_config_file_holds_the_settings_defaults():
+    conf = yaml.safe_load((ROOT / "conf" / "evaluate.yaml").read_text())
+    want = {k: v for k, v in defaults(EvaluateSettings).items() if k not in ("checkpoint", "data")}
+    got = {k: v for k, v in conf.items() if k not in ("defaults", "hydra", "checkpoint")}
+    assert got == want and conf["checkpoint"] == "???"
+    with pytest.raises(SettingsError, match="checkpoint: is not set"):
+        EvaluateSettings.from_dict({"checkpoint": "???", "data": {"kind": "folder", "root": "x"}})
+    with pytest.raises(SettingsError, match="device: got 'gpu'"):
+        EvaluateSettings.from_dict({"checkpoint": "a.pt", "data": {"root": "x"}, "device": "gpu"})
 
 
 def _net():

@@ -10,7 +10,7 @@ import fcnseg.train
 import fcnseg.zoo
 from fcnseg.data import DatasetError, build_dataset
 from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
-from fcnseg.train import evaluate
+from fcnseg.train.evaluate import evaluate
 from fcnseg.train.loaders import collate_images
 from fcnseg.train.segmentation import SegmentationTask
 

@@ -126,3 +126,16 @@ def test_step_budget(steps_per_epoch, epochs, steps, max_steps, total):
     assert plan.total_steps == total
     evals = [s for s in range(1, total + 1) if plan.evaluates_after(s)]
     assert evals[-1] == total and all(s % 250 == 0 for s in evals[:-1])
+
+
+def test_device_workers_and_the_step_cap_speak_the_shared_vocabulary():
+    base = {"model": {"name": "patchnet"}, "data": {"root": "x"}}
+    t = TrainSettings.from_dict(dict(base, trainer={"device": "cuda:1", "num_workers": "auto"})).trainer
+    assert t.device == "cuda:1" and t.num_workers == "auto"
+    with pytest.raises(SettingsError, match="trainer.device: got 'cuda:x'"):
+        TrainSettings.from_dict(dict(base, trainer={"device": "cuda:x"}))
+    with pytest.raises(SettingsError, match="trainer.num_workers"):
+        TrainSettings.from_dict(dict(base, trainer={"num_workers": -1}))
+    # no training at all is an evaluation: the error says which command does it
+    with pytest.raises(SettingsError, match="trainer.max_steps: 0 would train nothing.*tools/evaluate.py"):
+        TrainSettings.from_dict(dict(base, trainer={"max_steps": 0}))
