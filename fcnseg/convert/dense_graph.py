@@ -194,7 +194,8 @@ class Converter:
                     "classifier must return (N, K) or (N, K, 1, 1): choose the patch size that gives a 1x1 output "
                     "(fcnseg.strip_padding and fcnseg.geometry compute it)")
             if geo.g != self.output_stride:
-                raise OutputStrideError(f"output_stride {self.output_stride} exceeds the network's total stride {geo.d}")
+                raise OutputStrideError(
+                    f"output_stride {self.output_stride} exceeds the network's total stride {geo.d}")
             assert not self.edges.is_split(a), "a 1x1 output has no edge map"
         first = self.geo[leaves[0]]
         rf = tuple(max(self.geo[a].rf[ax] for a in leaves) for ax in range(2))

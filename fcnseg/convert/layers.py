@@ -157,7 +157,8 @@ def _describe_function(node) -> Layer:
     if t in (F.linear, torch._C._nn.linear):
         return Layer("linear", name, weight=_arg(node, 1, "weight"), bias=_arg(node, 2, "bias"))
     if t is torch.flatten:
-        return Layer("reshape", name, extra={"start_dim": _arg(node, 1, "start_dim", 0), "end_dim": _arg(node, 2, "end_dim", -1)})
+        return Layer("reshape", name, extra={"start_dim": _arg(node, 1, "start_dim", 0),
+                                             "end_dim": _arg(node, 2, "end_dim", -1)})
     if t in (torch.cat, torch.concat):
         return Layer("cat", name, dim=_arg(node, 1, "dim", 0))
     if t in (torch.mean, torch.amax, torch.sum):

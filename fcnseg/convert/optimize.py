@@ -16,6 +16,11 @@ and why it is exact: docs/algorithm.md, "The optimising rewrite".
 - freed maps reused within a pass (CPU, glibc): see `fcnseg.runtime.reuse_freed_memory`.
 - wide FC-derived convolutions (a reduction of C*kh*kw >= GATHERED_MIN_REDUCTION, e.g. VGG's
   fc6) as one matrix product over gathered windows in inference on CPU: see `_conv_gathered`.
+- in inference on CPU: a ReLU that follows a convolution (directly, or after a max pool it
+  commutes with) applied by oneDNN as the convolution writes its output (`_conv_relu`), and
+  small max pooling windows as maxima of shifted views (`_max_pool`), without the int64
+  indices that max_pool2d computes even when nothing needs them. Both give the same values
+  bit for bit.
 - optional: a fixed intra-op thread count for the forward pass, and torch.compile of the body
   (inductor; it reassociates sums, so it is exact up to float rounding like everything else).
 
@@ -24,61 +29,20 @@ through it trains the classifier.
 """
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-from typing import Mapping
+import math
 
 import torch
 import torch.fx
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
-from .. import ops
 from ..ops import as_pair
+from .eager import captured, plain_cpu_window, records_grad
+from .options import Optimizations, num_threads
+from .pooling import drop_identity_windows, index_free_max_pooling, is_plain_max_pool
 
 CL = torch.channels_last
-
-
-@dataclass(frozen=True)
-class Optimizations:
-    """Which exact speed rewrites `fcnseg.densify(..., optimize=...)` applies.
-
-    channels_last: run every map in NHWC (the big CPU win for pooled networks; on CUDA it
-        enables the tensor-core NHWC kernels).
-    fold_batchnorm: merge each eval-mode BatchNorm2d into the convolution before it
-        (recomputed at every call from the live parameters, so training through it stays exact).
-    compile: torch.compile the body (the first call compiles, for seconds to minutes; every new
-        input shape recompiles unless compile_options enable dynamic shapes).
-    threads: intra-op threads during the forward pass (None: PyTorch's current setting).
-    compile_options: keyword arguments for torch.compile.
-    reuse_memory: on CPU with glibc, serve the forward pass's maps from the malloc heap so that a
-        freed map's pages are reused by the next one instead of fresh zeroed pages
-        (`fcnseg.runtime.reuse_freed_memory`); values are untouched. Inference passes only
-        (autograd off): a training forward keeps its maps for the backward pass, so a heap
-        trimmed on leaving the forward would be refilled with fresh pages by the backward,
-        which made a training step slower (docs/benchmarks.md). Training instead runs all its
-        steps, forward and backward, inside one block (fcnseg.train does).
-    """
-    channels_last: bool = True
-    fold_batchnorm: bool = True
-    compile: bool = False
-    threads: int | None = None
-    compile_options: Mapping | None = None
-    reuse_memory: bool = True
-
-    def __post_init__(self):
-        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
-            raise ValueError(f"Optimizations(threads=...) must be a positive count or None, got {self.threads!r}")
-
-    @classmethod
-    def resolve(cls, optimize: "bool | Optimizations") -> "Optimizations | None":
-        """densify's `optimize` argument -> the options (None: the plain graph)."""
-        if isinstance(optimize, cls):
-            return optimize
-        if optimize is True:
-            return cls()
-        if optimize is False or optimize is None:
-            return None
-        raise TypeError(f"optimize must be True, False or fcnseg.Optimizations(...), got {optimize!r}")
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -104,39 +68,6 @@ def _kernel_channels_last(w: torch.Tensor) -> torch.Tensor:
 torch.fx.wrap("_kernel_channels_last")
 
 
-def _is_identity_window(node: torch.fx.Node) -> bool:
-    """A pooling node whose window is one element and whose divisor is 1: output == input."""
-    if node.op != "call_function":
-        return False
-    if node.target is ops.avg_pool2d_dilated:
-        kernel = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size")
-        stride = node.args[2] if len(node.args) > 2 else node.kwargs.get("stride", 1)
-        divisor = node.args[4] if len(node.args) > 4 else node.kwargs.get("divisor")
-        return as_pair(kernel) == (1, 1) and as_pair(stride) == (1, 1) and divisor in (None, 1)
-    if node.target in (F.max_pool2d, F.avg_pool2d, torch._C._nn.avg_pool2d):
-        kernel = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size")
-        stride = node.args[2] if len(node.args) > 2 else node.kwargs.get("stride")
-        if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
-            stride = kernel                                   # PyTorch's default stride
-        divisor = node.args[6] if node.target is not F.max_pool2d and len(node.args) > 6 else \
-            node.kwargs.get("divisor_override")
-        pad = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
-        return (as_pair(kernel) == (1, 1) and as_pair(stride) == (1, 1) and as_pair(pad) == (0, 0)
-                and divisor in (None, 1))
-    return False
-
-
-def drop_identity_windows(gm: torch.fx.GraphModule) -> int:
-    """Remove 1x1 stride-1 pooling nodes in place; returns how many were removed."""
-    removed = 0
-    for node in list(gm.graph.nodes):
-        if _is_identity_window(node):
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-            removed += 1
-    return removed
-
-
 # From this reduction length (in_channels * kh * kw) on, one matrix product over gathered windows
 # beats oneDNN's direct convolution on CPU: oneDNN reorders a wide FC-derived kernel (VGG-16's fc6)
 # on every call, while a narrow one (the membrane net's fc1) runs faster direct.
@@ -148,20 +79,10 @@ GATHERED_BLOCK_BYTES = 64 * 2 ** 20       # gathered windows per matrix product,
 GATHERED_MAX_OUTPUT_PIXELS = 24 * 24
 
 
-def _records_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _plain_cpu_window(x, stride, padding) -> bool:
-    """A stride-1 unpadded convolution on CPU, run eagerly (not traced, exported or compiled)."""
-    return (as_pair(stride) == (1, 1) and as_pair(padding) == (0, 0) and x.device.type == "cpu"
-            and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()))
-
-
 def _conv(x, w, b, stride, padding, dilation, groups):
     """F.conv2d; when autograd records a dense layer on CPU, with the weight gradient summed over
     bands of output rows (`_BandedWeightGradConv`)."""
-    if _records_grad(x, w, b) and _plain_cpu_window(x, stride, padding):
+    if records_grad(x, w, b) and plain_cpu_window(x, stride, padding):
         return _BandedWeightGradConv.apply(x, w, b, as_pair(dilation), groups)
     return F.conv2d(x, w, b, stride, padding, dilation, groups)
 
@@ -179,11 +100,10 @@ def _conv_gathered(x, w, b, stride, padding, dilation, groups):
     plain convolution). With autograd recording on CPU the convolution runs as oneDNN's, and its
     weight gradient is summed over bands of output rows (`_BandedWeightGradConv`).
     """
+    if not _gathers(x, w, b, stride, padding, groups):
+        return _conv(x, w, b, stride, padding, dilation, groups)
     n, c, h, wd = x.shape
     o, ci, kh, kw = w.shape
-    if (ci * kh * kw < GATHERED_MIN_REDUCTION or groups != 1 or not _plain_cpu_window(x, stride, padding)
-            or not x.is_contiguous(memory_format=CL) or _records_grad(x, w, b)):
-        return _conv(x, w, b, stride, padding, dilation, groups)
     d0, d1 = as_pair(dilation)
     ho, wo = h - (kh - 1) * d0, wd - (kw - 1) * d1
     if kh * kw > 1 and ho * wo > GATHERED_MAX_OUTPUT_PIXELS:        # NCHW direct, back to NHWC
@@ -206,6 +126,48 @@ def _conv_gathered(x, w, b, stride, padding, dilation, groups):
 
 
 torch.fx.wrap("_conv_gathered")
+
+
+def _gathers(x, w, b, stride, padding, groups) -> bool:
+    """Whether `_conv_gathered` runs this convolution as matrix products over gathered windows."""
+    ci, kh, kw = w.shape[1:]
+    return (ci * kh * kw >= GATHERED_MIN_REDUCTION and groups == 1 and plain_cpu_window(x, stride, padding)
+            and x.is_contiguous(memory_format=CL) and not records_grad(x, w, b))
+
+
+def _fuses_relu(x, w, b, stride, padding, groups) -> bool:
+    """oneDNN can apply the ReLU as the convolution writes its output: inference on CPU, float32 or
+    bfloat16 NHWC maps, outside autocast (the fused op has no autocast rule), run eagerly, and not
+    a convolution that `_conv_gathered` computes as matrix products."""
+    return (x.device.type == "cpu" and torch.backends.mkldnn.is_available() and not captured()
+            and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
+            and (b is None or b.dtype == x.dtype) and x.is_contiguous(memory_format=CL)
+            and not records_grad(x, w, b) and not torch.is_autocast_enabled("cpu")
+            and not _gathers(x, w, b, stride, padding, groups))
+
+
+def _conv_relu(x, w, b, stride, padding, dilation, groups):
+    """relu(conv2d(x, w, b, stride, padding, dilation, groups)).
+
+    Where `_fuses_relu` allows, one oneDNN call with the ReLU as a post-op: the same convolution
+    kernel, so the same values bit for bit, and one pass over the output map fewer. Otherwise the
+    convolution as `_conv_gathered` runs it, then the ReLU in place on its fresh output.
+    """
+    if _fuses_relu(x, w, b, stride, padding, groups):
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, w, b, list(as_pair(padding)), list(as_pair(stride)), list(as_pair(dilation)), groups, "relu", [], "")
+    return torch.relu_(_conv_gathered(x, w, b, stride, padding, dilation, groups))
+
+
+torch.fx.wrap("_conv_relu")
+
+
+if torch.backends.mkldnn.is_available():
+    @register_flop_formula(torch.ops.mkldnn._convolution_pointwise)
+    def _fused_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        """FLOPs of the fused convolution, so that torch.utils.flop_counter counts `_conv_relu` as
+        it counts conv2d: 2 per multiply-add."""
+        return 2 * math.prod(out_shape) * math.prod(w_shape[1:])
 
 
 # Output rows per band of a weight gradient: the band's unfolded input (N * C/groups * kh * kw
@@ -262,16 +224,57 @@ class _BandedWeightGradConv(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
+CONVS = (F.conv2d, torch.conv2d)
+
+
+def _is_plain_conv(node) -> bool:
+    """A conv2d node as the converter writes it: (x, w, b, stride, padding, dilation, groups)."""
+    return node.op == "call_function" and node.target in CONVS and len(node.args) == 7 and not node.kwargs
+
+
 def gather_wide_convolutions(gm: torch.fx.GraphModule) -> int:
     """Route every plain conv2d node through `_conv_gathered` (which decides per call); returns
     the count."""
     count = 0
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in (F.conv2d, torch.conv2d) and len(node.args) == 7 \
-                and not node.kwargs:
+        if _is_plain_conv(node):
             node.target = _conv_gathered
             count += 1
     return count
+
+
+def _is_relu(gm, node) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in (F.relu, F.relu_, torch.relu, torch.relu_)
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def fuse_conv_relu(gm: torch.fx.GraphModule) -> int:
+    """Give every ReLU that reads a plain conv2d to the convolution (`_conv_relu`); returns the count.
+
+    Also a ReLU after a max pool of a convolution: relu(max(a, b, ...)) == max(relu(a), relu(b),
+    ...), since ReLU is monotone, so conv -> max pool -> ReLU becomes conv+ReLU -> max pool, exact.
+    Only where the convolution (and the pool) have no other reader.
+    """
+    fused = 0
+    for node in list(gm.graph.nodes):
+        if not _is_relu(gm, node) or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        src, pool = node.args[0], None
+        if is_plain_max_pool(src) and len(src.users) == 1 and isinstance(src.args[0], torch.fx.Node):
+            pool, src = src, src.args[0]
+        if not (_is_plain_conv(src) and len(src.users) == 1):
+            continue
+        with gm.graph.inserting_before(src):
+            conv = gm.graph.call_function(_conv_relu, src.args)
+        src.replace_all_uses_with(conv)
+        gm.graph.erase_node(src)
+        node.replace_all_uses_with(pool if pool is not None else conv)
+        gm.graph.erase_node(node)
+        fused += 1
+    return fused
 
 
 def to_channels_last(gm: torch.fx.GraphModule) -> None:
@@ -285,7 +288,7 @@ def to_channels_last(gm: torch.fx.GraphModule) -> None:
     """
     graph = gm.graph
     for node in list(graph.nodes):
-        is_conv = node.op == "call_function" and node.target in (F.conv2d, torch.conv2d, _conv_bn, _conv_gathered)
+        is_conv = node.op == "call_function" and node.target in (*CONVS, _conv_bn, _conv_gathered, _conv_relu)
         if is_conv and len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node):
             with graph.inserting_before(node):
                 kernel = graph.call_function(_kernel_channels_last, (node.args[1],))
@@ -295,7 +298,7 @@ def to_channels_last(gm: torch.fx.GraphModule) -> None:
         if node.op == "placeholder" or is_conv:
             with graph.inserting_after(node):
                 conv = graph.call_function(_channels_last, (node,))
-            node.replace_all_uses_with(conv, delete_user_cb=lambda user: user is not conv)
+            node.replace_all_uses_with(conv, delete_user_cb=lambda user, conv=conv: user is not conv)
 
 
 def _conv_bn(x, w, b, stride, padding, dilation, groups, bn, channels_last=False):
@@ -336,8 +339,7 @@ def fold_batchnorm(gm: torch.fx.GraphModule) -> int:
             continue
         conv = node.args[0] if len(node.args) == 1 and not node.kwargs else None
         if not (isinstance(conv, torch.fx.Node) and conv.op == "call_function" and
-                conv.target in (F.conv2d, torch.conv2d) and len(conv.args) == 7 and not conv.kwargs and
-                len(conv.users) == 1):
+                _is_plain_conv(conv) and len(conv.users) == 1):
             continue
         with gm.graph.inserting_before(node):
             bn = gm.graph.get_attr(node.target)
@@ -359,8 +361,10 @@ def rewrite(body: torch.fx.GraphModule, options: Optimizations) -> torch.fx.Grap
     if options.fold_batchnorm:
         fold_batchnorm(gm)
     if options.channels_last:
-        gather_wide_convolutions(gm)          # the gathered layout needs NHWC maps
+        fuse_conv_relu(gm)                    # the fused kernel needs NHWC maps
+        gather_wide_convolutions(gm)          # so does the gathered layout
         to_channels_last(gm)
+    index_free_max_pooling(gm)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
@@ -377,19 +381,6 @@ def optimize_body(body: torch.fx.GraphModule, options: Optimizations | None) -> 
     return body
 
 
-@contextlib.contextmanager
-def num_threads(n: int | None):
-    """Run with n intra-op threads, restoring the previous setting (None: leave it alone)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 __all__ = ["Optimizations", "optimize_body", "rewrite", "drop_identity_windows", "fold_batchnorm",
-           "to_channels_last", "gather_wide_convolutions", "num_threads"]
+           "fuse_conv_relu", "index_free_max_pooling", "to_channels_last", "gather_wide_convolutions",
+           "num_threads"]

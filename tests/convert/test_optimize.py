@@ -7,6 +7,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg import ops
+from fcnseg.convert import optimize, pooling
 from fcnseg.convert.optimize import drop_identity_windows, num_threads
 from fcnseg.runtime import reuse_freed_memory
 from fcnseg.runtime.memory import _glibc
@@ -88,6 +89,10 @@ def test_default_backward_equals_patch_training(name, dtype, tol):
         torch.testing.assert_close(g_dense, g_patch, atol=tol, rtol=tol)
 
 
+# the outputs of max pools and ReLUs, whichever form the rewrite gave them
+MAPS_AFTER_REWRITE = (F.max_pool2d, pooling._max_pool, optimize._conv_relu)
+
+
 def test_every_map_is_channels_last():
     model, x = _inputs("membrane_like", torch.float32)
     body = fcnseg.densify(model).body
@@ -97,13 +102,13 @@ def test_every_map_is_channels_last():
         def run_node(self, node):
             result = super().run_node(node)
             # skip weights and the raw output of a conv on a 1-channel map (converted right after)
-            if node.op == "call_module" or (node.op == "call_function" and node.target is F.max_pool2d):
+            if node.op == "call_module" or (node.op == "call_function" and node.target in MAPS_AFTER_REWRITE):
                 seen.append(node.name)
                 assert result.is_contiguous(memory_format=torch.channels_last), node.name
             return result
 
     Check(body).run(fcnseg.densify(model, optimize=False).pad(x))
-    assert len(seen) == 5          # 3 ReLUs and 2 max pools were checked
+    assert len(seen) == 5          # 3 ReLUs (fused into their convolutions) and 2 max pools were checked
 
 
 def test_identity_windows_are_dropped_and_real_ones_kept():
@@ -301,3 +306,61 @@ def test_wide_convolutions_on_large_outputs_run_nchw_and_equal_patchwise(monkeyp
         out = fcnseg.densify(model)(x)
     assert sum(layouts) >= 2, "no convolution took the NCHW kernel"
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+
+
+def relu_orders_net():
+    """conv -> max pool -> ReLU (as Caffe ports order them) beside conv -> ReLU -> max pool."""
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.MaxPool2d(2, 2), nn.ReLU(),
+        nn.Conv2d(4, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(4 * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 3))
+    net.patch_size = (18, 18)
+    return net
+
+
+def test_relus_move_into_their_convolutions_exactly():
+    """Every ReLU joins the convolution before it (through the max pool it commutes with); in
+    float64 (the unfused fallback) forward and gradients still equal patch-by-patch."""
+    torch.manual_seed(0)
+    model = relu_orders_net().double().eval()
+    body = fcnseg.densify(model).body
+    assert sum(n.target is optimize._conv_relu for n in body.graph.nodes) == 3
+    assert not any(n.op == "call_module" for n in body.graph.nodes)
+    x = torch.randn(2, 1, 11, 9, dtype=torch.float64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fcnseg.densify(model)(x), fcnseg.patchwise(model, x), rtol=1e-12, atol=1e-12)
+    assert grads_match(model, x, model.patch_size) < 1e-9
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN's fused convolution needs mkldnn")
+def test_fused_relu_gives_the_unfused_values_bit_for_bit(monkeypatch):
+    torch.manual_seed(0)
+    model = relu_orders_net().eval()
+    dense = fcnseg.densify(model)
+    x = torch.randn(2, 1, 21, 19)
+    decisions = []
+    real = optimize._fuses_relu
+    monkeypatch.setattr(optimize, "_fuses_relu", lambda *a: decisions.append(real(*a)) or decisions[-1])
+    with torch.inference_mode():
+        fused = dense(x)
+        assert decisions and all(decisions)
+        monkeypatch.setattr(optimize, "_fuses_relu", lambda *a: False)
+        unfused = dense(x)
+    assert torch.equal(fused, unfused)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN's fused convolution needs mkldnn")
+def test_flop_counter_counts_fused_convolutions(monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+    model = relu_orders_net().eval()
+    dense = fcnseg.densify(model)
+    x = torch.randn(1, 1, 20, 20)
+    counts = []
+    for fuse in (True, False):
+        if not fuse:
+            monkeypatch.setattr(optimize, "_fuses_relu", lambda *a: False)
+        counter = FlopCounterMode(display=False)
+        with torch.inference_mode(), counter:
+            dense(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
