@@ -40,7 +40,7 @@ from torch.utils.flop_counter import register_flop_formula
 from ..ops import as_pair
 from .eager import captured, plain_cpu_window, records_grad
 from .options import Optimizations, num_threads
-from .pooling import drop_identity_windows, index_free_max_pooling, is_plain_max_pool
+from .pooling import drop_identity_windows, index_free_max_pooling, is_plain_max_pool, retarget_calls
 
 CL = torch.channels_last
 
@@ -235,12 +235,7 @@ def _is_plain_conv(node) -> bool:
 def gather_wide_convolutions(gm: torch.fx.GraphModule) -> int:
     """Route every plain conv2d node through `_conv_gathered` (which decides per call); returns
     the count."""
-    count = 0
-    for node in gm.graph.nodes:
-        if _is_plain_conv(node):
-            node.target = _conv_gathered
-            count += 1
-    return count
+    return retarget_calls(gm, _is_plain_conv, _conv_gathered)
 
 
 def _is_relu(gm, node) -> bool:

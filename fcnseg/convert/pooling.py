@@ -86,11 +86,16 @@ def _max_pool(x, kernel_size, stride, padding, dilation):
 torch.fx.wrap("_max_pool")
 
 
-def index_free_max_pooling(gm: torch.fx.GraphModule) -> int:
-    """Route every plain max_pool2d node through `_max_pool` (which decides per call); returns the count."""
+def retarget_calls(gm: torch.fx.GraphModule, matches, target) -> int:
+    """Make every node for which matches(node) call `target` with the same arguments; returns the count."""
     count = 0
     for node in gm.graph.nodes:
-        if is_plain_max_pool(node):
-            node.target = _max_pool
+        if matches(node):
+            node.target = target
             count += 1
     return count
+
+
+def index_free_max_pooling(gm: torch.fx.GraphModule) -> int:
+    """Route every plain max_pool2d node through `_max_pool` (which decides per call); returns the count."""
+    return retarget_calls(gm, is_plain_max_pool, _max_pool)
