@@ -9,7 +9,9 @@
 
 Configuration lives in conf/ (train.yaml and its groups). This file only turns the
 Hydra config into plain dicts for fcnseg.train.run; the library never imports Hydra.
+Every message goes through logging: the console and the run directory's train.log.
 """
+import logging
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+log = logging.getLogger("train")
 
 
 def register_zoo_models():
@@ -84,11 +87,11 @@ def main(cfg):
     try:
         metrics = fcnseg.train.run(to_plain(cfg), run_dir, exit_on_signal=True)
     except (fcnseg.train.TrainingError, ValueError, FileNotFoundError) as e:
-        print(explain(e), file=sys.stderr)
+        log.error(explain(e))
         sys.exit(1)
     if metrics.get("interrupted"):
-        print(f"continue with: python tools/train.py hydra.run.dir={metrics['run_dir']} resume=true "
-              f"(and the same overrides)")
+        log.warning(f"continue with: python tools/train.py hydra.run.dir={metrics['run_dir']} resume=true "
+                    f"(and the same overrides)")
         sys.exit(128 + metrics["signal"])  # the shell's convention: 130 SIGINT, 143 SIGTERM
     return metrics["miou"]  # the value a sweeper optimises
 

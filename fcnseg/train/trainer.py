@@ -7,6 +7,7 @@ Hydra). The data kind's dataset class says what it trains (fcnseg.data.DATASETS,
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fcnseg import runtime
@@ -41,7 +42,13 @@ def run(settings, run_dir, *, exit_on_signal=False):
         settings = TrainSettings.from_dict(settings)
     task = task_for(settings.data.kind)
     env = runtime.init_distributed(settings.trainer.device)
+    # one story per run: ranks other than 0 log errors only (every rank is its own process)
+    package_logger = logging.getLogger("fcnseg.train")
+    level = package_logger.level
+    if not env.main:
+        package_logger.setLevel(logging.ERROR)
     try:
         return TrainingRun(task, settings, Path(run_dir), env).fit(exit_on_signal)
     finally:
+        package_logger.setLevel(level)
         runtime.cleanup_distributed(env)

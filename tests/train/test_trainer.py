@@ -29,6 +29,8 @@ def test_overrides_as_documented_and_multirun(tmp_path):
         m = json.loads((sweep / job / "metrics.json").read_text())
         assert len(m["per_class_iou"]) == 3
     assert "mean IoU" in r.stdout
+    log = (sweep / "0_patchnet" / "train.log").read_text()  # the run directory keeps the story
+    assert "step cost (" in log and "mean IoU" in log and "[fcnseg.train.segmentation]" in log
 
 
 @pytest.mark.slow  # kills a real run, resumes it, compares with an uninterrupted run
