@@ -37,8 +37,11 @@ class ValidationPlan:
     tile_side: int   # larger images run one at a time in tiles of at most this side
 
     def describe(self, batch_size):
+        tiles = f"in tiles of up to {self.tile_side} px"
+        if self.whole_side == 0:
+            return f"validation: each image alone, {tiles}"
         return (f"validation: images up to {self.whole_side} px a side whole in batches of "
-                f"{batch_size}, larger ones in tiles of up to {self.tile_side} px")
+                f"{batch_size}, larger ones {tiles}")
 
 
 def plan_validation(net, in_channels, batch_size, budget_bytes, amp=False, channels_last=False):

@@ -143,3 +143,26 @@ def test_bad_data_fails_before_training_naming_the_file(tmp_path):
     with pytest.raises(DatasetError, match="s01"):
         fcnseg.train.run(compose(tiny_overrides(root)), tmp_path / "run")
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_validation_within_the_memory_limit_is_tiled_to_the_untiled_numbers(scenes, tmp_path, caplog):
+    """A limit that one training step of the patch method fits in (one patch per micro-batch)
+    but one 32x32 validation image at stride 1 does not: the run validates in tiles, and its
+    scores equal an untiled evaluation of its checkpoint."""
+    import logging
+
+    from fcnseg.train.evaluate import evaluate_checkpoint
+    from fcnseg.train.settings import DataSettings, EvaluateSettings
+    over = ["data=folder", f"data.root={scenes}", "model.kwargs.width_mult=0.5", "trainer.device=cpu",
+            "trainer.max_steps=2", "trainer.batch_size=3", "trainer.val_batch_size=2", "trainer.grid_images=1",
+            "trainer.method=patch", "trainer.sample_fraction=0.01", "trainer.patch_memory_mb=0.1",
+            "trainer.memory_limit_mb=2.5", "optim.lr=0.00001", "loss.class_weights=null"]
+    with caplog.at_level(logging.INFO, logger="fcnseg.train"):
+        final = fcnseg.train.run(compose(over), tmp_path / "run")
+    assert "validation: each image alone, in tiles of up to" in caplog.text
+    assert sum(v > 0 for v in final["per_class_iou"]) >= 2  # more than one class predicted
+    untiled = evaluate_checkpoint(EvaluateSettings(
+        checkpoint=str(tmp_path / "run" / "last.pt"), batch_size=2,
+        data=DataSettings(kind="folder", root=str(scenes), options={"num_classes": 3})), tmp_path)
+    assert [untiled[k] for k in ("miou", "pixel_acc")] == [final[k] for k in ("miou", "pixel_acc")]
+    assert untiled["per_class_iou"] == pytest.approx(final["per_class_iou"], abs=0, nan_ok=True)
