@@ -17,6 +17,7 @@ from torch import nn
 import fcnseg.zoo
 from fcnseg.checkpoint import save_checkpoint
 from fcnseg.data.palette import default_palette
+from fcnseg.ops import crop_to_smallest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -366,3 +367,26 @@ def grads_match(model, x, patch_size, output_stride=1, key=None, tol=1e-9):
         worst = max(worst, err)
     assert worst <= tol, f"dense gradient differs from patch-by-patch: {worst:.3g}"
     return worst
+
+
+class SqueezeExciteDepthwise(nn.Module):
+    """A depthwise convolution in a residual block, then a squeeze-excitation gate (patch-global:
+    the layers after it run per patch, the dense network's per-patch tail) and two heads."""
+    patch_size = (14, 14)
+
+    def __init__(self, c=3, k=K):
+        super().__init__()
+        self.stem = nn.Conv2d(c, 8, 3)                                  # 14 -> 12
+        self.depthwise = nn.Conv2d(8, 8, 3, groups=8)                  # 12 -> 10, valid
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(2)                                     # 10 -> 5
+        self.squeeze, self.excite = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.cls, self.aux = nn.Conv2d(8, k, 5), nn.Linear(8 * 5 * 5, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        branch = torch.relu(self.bn(self.depthwise(x)))
+        x = self.pool(crop_to_smallest(x, branch) + branch)             # residual, cropped to the branch
+        gate = torch.sigmoid(self.excite(torch.relu(self.squeeze(x.mean((2, 3), keepdim=True)))))
+        x = x * gate
+        return self.cls(x).flatten(1), self.aux(x.flatten(1))
