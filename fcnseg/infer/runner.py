@@ -65,7 +65,12 @@ def result_kinds(cfg: InferenceSettings) -> list[str]:
 
 
 def _is_done(cfg: InferenceSettings, item: InputFile, out_dir: Path) -> bool:
-    return not (cfg.check or cfg.overwrite) and all(item.output(out_dir, k).exists() for k in result_kinds(cfg))
+    """Every requested result exists, under the name of an ordinary or of a large image."""
+    if cfg.check or cfg.overwrite:
+        return False
+    paths = [item.output(out_dir, k) for k in result_kinds(cfg)]
+    return all(p.exists() for p in paths) or all(large_output_path(p, k).exists()
+                                                 for p, k in zip(paths, result_kinds(cfg)))
 
 
 def _large_rel(item: InputFile) -> str:

@@ -235,3 +235,25 @@ def test_small_images_are_stacked_and_large_ones_run_alone(ckpt, tmp_path, monke
     limit = load_predictor(ckpt, device="cpu", tile_size=24).batch_limit(10, 10)
     assert 1 < limit < 4  # a 10x10 window (halo included) holds under half a 24x24 tile's pixels
     assert tiled == [1] and sorted(stacks) == sorted([limit, 4 - limit])
+
+
+def test_finished_images_weigh_nothing_when_ranks_are_balanced(ckpt, tmp_path):
+    """Rank 0 balances a resumed run on what is left: an image whose results exist (under
+    the ordinary or the large-image names) counts as finished."""
+    from fcnseg.infer.paths import InputFile
+    from fcnseg.infer.runner import _is_done
+    from fcnseg.infer.stream import large_output_path
+    from pathlib import PurePosixPath
+    out = tmp_path / "out"
+    cfg = settings(ckpt, tmp_path, out, save_scores=True)
+    a, b = (InputFile(tmp_path / n, PurePosixPath(n)) for n in ("a.png", "sub/b.tif"))
+    assert not _is_done(cfg, a, out)
+    for kind in ("labels", "scores"):
+        a.output(out, kind).parent.mkdir(parents=True, exist_ok=True)
+        a.output(out, kind).write_bytes(b"x")
+        p = large_output_path(b.output(out, kind), kind)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    assert _is_done(cfg, a, out) and _is_done(cfg, b, out)
+    assert not _is_done(settings(ckpt, tmp_path, out, save_scores=True, overwrite=True), a, out)
+    assert not _is_done(settings(ckpt, tmp_path, out, save_overlay=True), a, out)
