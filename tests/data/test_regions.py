@@ -193,3 +193,16 @@ def test_openslide_missing_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(ImageReadError, match=r"s\.ndpi: reading whole-slide formats .*"
                                              r"pip install 'fcnseg\[slide\]'"):
         open_image(path)
+
+
+def test_jpeg_compressed_ycbcr_tiff_region_equals_whole_image_path(tmp_path):
+    """The usual whole-slide encoding: tiles of JPEG in YCbCr, decoded to RGB by both paths."""
+    path = tmp_path / "j.tif"
+    tifffile.imwrite(path, _pixels(3, np.uint8), photometric="rgb", tile=(32, 32), compression="jpeg")
+    with tifffile.TiffFile(path) as tf:
+        assert tf.pages[0].photometric == tifffile.PHOTOMETRIC.YCBCR
+    whole = read_image(path)
+    with open_image(path) as src:
+        assert isinstance(src, TiffRegions)
+        for top, left, h, w in REGIONS:
+            assert np.array_equal(src.read(top, left, h, w), whole[top:top + h, left:left + w]), (top, left)
