@@ -23,7 +23,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
 from fcnseg.data.palette import default_palette
@@ -58,7 +58,7 @@ def _header(path: Path) -> tuple[tuple[int, int], bool]:
             colour = img.mode not in _GRAY_MODES
     except (OSError, SyntaxError, ValueError):
         read_image(path)  # raises ImageReadError naming the file and the fix
-        raise ImageReadError(path, "cannot be opened as an image; remove it or convert it to PNG")
+        raise ImageReadError(path, "cannot be opened as an image; remove it or convert it to PNG") from None
     if orientation in _SWAPPING_ORIENTATIONS:
         w, h = h, w
     return (h, w), colour

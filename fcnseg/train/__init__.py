@@ -11,10 +11,11 @@ training_run.py (what every run does around its steps: checkpoints, resume, stop
 validation bookkeeping), task.py (the interface of a task), segmentation.py (images with
 label masks) and classify.py (labelled patches), networks.py (the model and its dense
 nets), cost.py (FLOPs/memory/time of a step before it runs, and the settings that fit),
-evaluate.py (validation, and a checkpoint scored later: evaluate_checkpoint), loaders.py (batches and their seeds), step.py (dense and
-micro-batched patch steps), sampling.py, losses.py, metrics.py, schedule.py (steps,
-validation points, learning rate), signals.py (stop on SIGTERM/SIGINT), report.py (what a
-run leaves behind), settings.py (every default), errors.py.
+evaluate.py (validation, and a checkpoint scored later: evaluate_checkpoint), loaders.py
+(batches and their seeds), step.py (dense and micro-batched patch steps), sampling.py,
+losses.py, metrics.py, schedule.py (steps, validation points, learning rate), signals.py
+(stop on SIGTERM/SIGINT), report.py (what a run leaves behind), settings.py (every
+default), errors.py.
 """
 from fcnseg.settings import SettingsError
 from fcnseg.train.errors import TrainingError

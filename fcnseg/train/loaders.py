@@ -7,7 +7,6 @@ import torch
 
 from fcnseg.train.errors import TrainingError
 
-
 WORKERS_PER_GPU = 4  # num_workers=auto on a GPU: enough decoding to keep one GPU fed
 
 

@@ -16,8 +16,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from fcnseg.settings import (AUTO, SettingsError, build_section, check_auto_or_positive, check_choice, check_device,
-                             check_positive, check_precision)
+from fcnseg.settings import (
+    AUTO,
+    SettingsError,
+    build_section,
+    check_auto_or_positive,
+    check_choice,
+    check_device,
+    check_positive,
+    check_precision,
+)
 
 
 # ---------------------------------------------------------------------------- trainer

@@ -33,6 +33,7 @@ class Task(abc.ABC):
     @classmethod
     def check_environment(cls, env):
         """Refuse a process setup the task cannot run in (a TrainingError); default: any."""
+        return None
 
     def estimate_step(self, run):
         """The cost of one step, checked against the memory limit before the first step
@@ -61,6 +62,7 @@ class Task(abc.ABC):
 
     def pictures(self, run):
         """Pictures of the run so far (curves, predictions), written after each validation."""
+        return None
 
     @abc.abstractmethod
     def checkpoint_meta(self) -> dict:

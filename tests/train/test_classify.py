@@ -10,9 +10,9 @@ from PIL import Image
 
 import fcnseg
 import fcnseg.zoo
+from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.data.io import prepare_image, read_image
 from fcnseg.infer import InferenceSettings, load_predictor, run_inference
-from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.train import TrainingError
 from fcnseg.train.classify import PatchClassificationTask
 from fcnseg.zoo.patchnets import PATCHNET, _patch_size, patchnet_layers

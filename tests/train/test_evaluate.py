@@ -7,11 +7,10 @@ import os
 import socket
 
 import pytest
-import yaml
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 
 import fcnseg
 import fcnseg.zoo

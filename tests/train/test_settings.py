@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from fcnseg.train import SettingsError, TrainSettings
-from fcnseg.train.settings import defaults_of, resolve_output_stride
 from fcnseg.train.networks import build_networks
+from fcnseg.train.settings import defaults_of, resolve_output_stride
 
 from helpers import ROOT, load_tool
 

@@ -8,8 +8,6 @@ import sys
 import textwrap
 import time
 
-import pytest
-
 from helpers import ROOT
 
 SCRIPT = textwrap.dedent("""

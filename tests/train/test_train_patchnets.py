@@ -8,10 +8,10 @@ import fcnseg.zoo.patchnets  # noqa: F401
 def test_membrane_net_is_the_classic_95x95_net():
     m = fcnseg.zoo.create("membrane_net", 2, in_channels=1)
     assert m.patch_size == (95, 95)  # computed by strip_padding, as in Ciresan et al.
-    convs = [l for l in m.modules() if isinstance(l, torch.nn.Conv2d)]
+    convs = [layer for layer in m.modules() if isinstance(layer, torch.nn.Conv2d)]
     assert [tuple(c.weight.shape) for c in convs] == [
         (48, 1, 4, 4), (48, 48, 5, 5), (48, 48, 4, 4), (48, 48, 4, 4)]
-    fcs = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    fcs = [layer for layer in m.modules() if isinstance(layer, torch.nn.Linear)]
     assert [tuple(f.weight.shape) for f in fcs] == [(200, 48 * 3 * 3), (2, 200)]
     assert m(torch.zeros(5, 1, 95, 95)).shape == (5, 2)
 
