@@ -98,7 +98,7 @@ def test_profile_counts_every_flop_of_the_dense_pass():
     assert len(convs) == 4                                   # two convolutions and the two Linear layers
     assert convs[0].detail.startswith("1->3 3x3") and "d2" in convs[1].detail
     ops = {op for op, *_ in by_op(rows)}
-    assert {"max_pool2d", "ReLU", "pad", "outside the graph"} <= ops
+    assert {"max_pool2d", "pad", "outside the graph"} <= ops      # the ReLUs run inside the convolutions
     assert all(r.time_s >= 0 for r in rows if r.name != "rest")
 
 

@@ -18,7 +18,7 @@ and why it is exact: docs/algorithm.md, "The optimising rewrite".
   fc6) as one matrix product over gathered windows in inference on CPU: see `_conv_gathered`.
 - in inference on CPU: a ReLU that follows a convolution (directly, or after a max pool it
   commutes with) applied by oneDNN as the convolution writes its output (`_conv_relu`), and
-  small max pooling windows as maxima of shifted views (`_max_pool`), without the int64
+  small max pooling windows as maxima of shifted views (`_max_pool2d`), without the int64
   indices that max_pool2d computes even when nothing needs them. Both give the same values
   bit for bit.
 - optional: a fixed intra-op thread count for the forward pass, and torch.compile of the body

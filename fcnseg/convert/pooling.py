@@ -1,6 +1,6 @@
 """Pooling nodes of the optimised graph: identity windows dropped, max pooling without indices.
 
-Both are exact: a 1x1 window at stride 1 is its input, and `_max_pool` takes the same maxima as
+Both are exact: a 1x1 window at stride 1 is its input, and `_max_pool2d` takes the same maxima as
 max_pool2d (docs/algorithm.md, "The optimising rewrite").
 """
 from __future__ import annotations
@@ -54,13 +54,13 @@ def drop_identity_windows(gm: torch.fx.GraphModule) -> int:
     return removed
 
 
-# Window taps per axis up to which `_max_pool` takes maxima of shifted views: faster than
+# Window taps per axis up to which `_max_pool2d` takes maxima of shifted views: faster than
 # max_pool2d's CPU kernel for 2x2 windows (docs/benchmarks.md, "Whole pass against its
 # convolutions"); larger windows need more passes over the map and keep max_pool2d.
 SHIFTED_MAX_TAPS = 2
 
 
-def _max_pool(x, kernel_size, stride, padding, dilation):
+def _max_pool2d(x, kernel_size, stride, padding, dilation):
     """F.max_pool2d(x, kernel_size, stride, padding, dilation) at stride 1, unpadded.
 
     max_pool2d computes int64 indices beside its output even in inference, which a dense map
@@ -83,7 +83,7 @@ def _max_pool(x, kernel_size, stride, padding, dilation):
     return out
 
 
-torch.fx.wrap("_max_pool")
+torch.fx.wrap("_max_pool2d")
 
 
 def retarget_calls(gm: torch.fx.GraphModule, matches, target) -> int:
@@ -97,5 +97,5 @@ def retarget_calls(gm: torch.fx.GraphModule, matches, target) -> int:
 
 
 def index_free_max_pooling(gm: torch.fx.GraphModule) -> int:
-    """Route every plain max_pool2d node through `_max_pool` (which decides per call); returns the count."""
-    return retarget_calls(gm, is_plain_max_pool, _max_pool)
+    """Route every plain max_pool2d node through `_max_pool2d` (which decides per call); returns the count."""
+    return retarget_calls(gm, is_plain_max_pool, _max_pool2d)

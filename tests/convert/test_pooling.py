@@ -1,4 +1,4 @@
-"""Max pooling without indices (`fcnseg.convert.pooling._max_pool`): the same maxima as max_pool2d."""
+"""Max pooling without indices (`fcnseg.convert.pooling._max_pool2d`): the same maxima as max_pool2d."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +6,7 @@ from torch import nn
 
 import fcnseg
 from fcnseg.convert import pooling
-from fcnseg.convert.pooling import _max_pool
+from fcnseg.convert.pooling import _max_pool2d
 
 
 def _maps(dtype):
@@ -24,7 +24,7 @@ def _maps(dtype):
 def test_shifted_maxima_equal_max_pool2d_bit_for_bit(dtype, layout, kernel, dilation):
     x = _maps(dtype).contiguous(memory_format=layout)
     with torch.inference_mode():
-        got = _max_pool(x, kernel, (1, 1), 0, dilation)
+        got = _max_pool2d(x, kernel, (1, 1), 0, dilation)
         want = F.max_pool2d(x, kernel, (1, 1), 0, dilation)
     assert got.shape == want.shape
     assert torch.equal(got.isnan(), want.isnan())
@@ -38,11 +38,11 @@ def test_indices_only_where_autograd_needs_them(monkeypatch):
     monkeypatch.setattr(pooling.F, "max_pool2d", lambda *a: calls.append(a[1]) or real(*a))
     x = _maps(torch.float64).requires_grad_(True)
     with torch.no_grad():
-        _max_pool(x, (2, 2), (1, 1), 0, (1, 1))          # inference: shifted maxima
-        _max_pool(x, (3, 3), (1, 1), 0, (1, 1))          # a larger window keeps max_pool2d
-        _max_pool(x, (2, 2), (2, 2), 0, (1, 1))          # and so does a stride
+        _max_pool2d(x, (2, 2), (1, 1), 0, (1, 1))          # inference: shifted maxima
+        _max_pool2d(x, (3, 3), (1, 1), 0, (1, 1))          # a larger window keeps max_pool2d
+        _max_pool2d(x, (2, 2), (2, 2), 0, (1, 1))          # and so does a stride
     assert calls == [(3, 3), (2, 2)]
-    out = _max_pool(x, (2, 2), (1, 1), 0, (1, 1))         # autograd records: max_pool2d and its indices
+    out = _max_pool2d(x, (2, 2), (1, 1), 0, (1, 1))         # autograd records: max_pool2d and its indices
     out.sum().backward()
     assert calls[-1] == (2, 2) and x.grad is not None
 
@@ -61,7 +61,7 @@ def test_dense_max_pools_are_routed_and_stay_exact():
     net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2, 2), nn.Conv2d(3, 3, 2), nn.ReLU(),
                         nn.MaxPool2d(2, 2), nn.Flatten(), nn.Linear(27, 2)).double().eval()
     dense = fcnseg.densify(net, (18, 18))
-    assert sum(n.target is _max_pool for n in dense.body.graph.nodes) == 2
+    assert sum(n.target is _max_pool2d for n in dense.body.graph.nodes) == 2
     x = torch.randn(1, 1, 9, 10, dtype=torch.float64)
     with torch.inference_mode():
         torch.testing.assert_close(dense(x), fcnseg.patchwise(net, x, (18, 18)), rtol=1e-12, atol=1e-12)
