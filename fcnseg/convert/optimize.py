@@ -4,9 +4,9 @@
 plain converted graph, `optimize=Optimizations(...)` chooses the parts. What each part does
 and why it is exact: docs/algorithm.md, "The optimising rewrite".
 
-- identity windows removed: a 1x1 average/max pool (what a Flatten after an already 1x1
-  map or an adaptive pool to the map's own size becomes) is a copy, or a depthwise
-  convolution with a ones kernel for the dilated average. Dropping it is exact.
+- identity windows removed (`fcnseg.convert.pooling`): a 1x1 average/max pool (what a Flatten
+  after an already 1x1 map or an adaptive pool to the map's own size becomes) is a copy, or a
+  depthwise convolution with a ones kernel for the dilated average. Dropping it is exact.
 - eval-mode batch norm folded into the convolution before it (one pass over the map fewer).
 - channels_last end to end. On CPU, max pooling at stride 1 with dilation is several times
   slower in NCHW than in channels_last (the NHWC kernel vectorises over channels), and
@@ -18,7 +18,7 @@ and why it is exact: docs/algorithm.md, "The optimising rewrite".
   fc6) as one matrix product over gathered windows in inference on CPU: see `_conv_gathered`.
 - in inference on CPU: a ReLU that follows a convolution (directly, or after a max pool it
   commutes with) applied by oneDNN as the convolution writes its output (`_conv_relu`), and
-  small max pooling windows as maxima of shifted views (`_max_pool2d`), without the int64
+  small max pooling windows as maxima of shifted views (`pooling._max_pool2d`), without the int64
   indices that max_pool2d computes even when nothing needs them. Both give the same values
   bit for bit.
 - optional: a fixed intra-op thread count for the forward pass, and torch.compile of the body
