@@ -84,11 +84,13 @@ def test_all_reduce_mean_is_the_value_on_one_process():
 
 
 # ---------------------------------------------------------------------- autocast rule
-def test_amp_off_on_cpu_whatever_the_setting():
-    for setting in ("auto", True, False):
+def test_autocast_off_on_a_cpu_without_native_bf16(monkeypatch):
+    from fcnseg.runtime import precision
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
+    for setting in ("auto", "fp32", True, False):
         assert runtime.amp_dtype("cpu", setting) is None
         assert runtime.amp_dtype(torch.device("cpu"), setting) is None
-    with pytest.raises(ValueError, match="amp must be auto, true or false"):
+    with pytest.raises(ValueError, match="precision=fp16: .* use precision=fp32"):
         runtime.amp_dtype("cpu", "fp16")
 
 
@@ -115,21 +117,19 @@ def test_autocast_context():
 
 
 def test_inference_takes_its_precision_from_the_one_rule(monkeypatch):
-    """Tiled inference asks runtime.amp_dtype (the rule training uses) for its autocast
-    dtype: a rule that said bf16 on the CPU would show in the scores."""
+    """Tiled inference resolves its precision setting by the rule training uses
+    (fcnseg.runtime.precision): auto is bf16 only on a CPU with native bf16."""
     import fcnseg
+    from fcnseg.runtime import precision
     dense = fcnseg.densify(toy_model(num_classes=3, in_channels=1))
     x = torch.randn(2, 1, 21, 21)
-    assert forward_windows(dense, x, amp=True).dtype == torch.float32  # CPU: off
-    asked = []
-
-    def rule(device, enabled="auto"):
-        asked.append((torch.device(device).type, enabled))
-        return torch.bfloat16 if enabled else None
-    monkeypatch.setattr(runtime, "amp_dtype", rule)
-    assert forward_windows(dense, x, amp=True).dtype == torch.bfloat16
-    assert forward_windows(dense, x, amp=False).dtype == torch.float32
-    assert asked == [("cpu", True), ("cpu", False)]
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
+    assert forward_windows(dense, x, amp="auto").dtype == torch.float32     # emulated bf16: fp32
+    assert forward_windows(dense, x, amp="bf16").dtype == torch.bfloat16    # asked for
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
+    assert forward_windows(dense, x, amp="auto").dtype == torch.bfloat16
+    assert forward_windows(dense, x, amp=True).dtype == torch.bfloat16      # the old boolean: auto
+    assert forward_windows(dense, x, amp=False).dtype == torch.float32      # IEEE fp32
 
 
 @pytest.mark.gpu
