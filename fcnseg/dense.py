@@ -8,18 +8,17 @@ import torch.fx
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from . import ops
 from .convert.dense_graph import convert
 from .convert.errors import ConversionError, OutputStrideError, PatchSizeError
+from .convert.optimize import Optimizations, num_threads, optimize_body
 from .convert.trace import infer_in_channels, patch_values, trace
 from .geometry import Geometry, build_geometry
-from . import ops
-from .ops import PAD_MODES, pad_image
-from .convert.optimize import Optimizations, num_threads, optimize_body
+from .ops import PAD_MODES, as_pair, pad_image
+from .patch import resolve_patch_size
 from .runtime import reuse_freed_memory
 from .runtime.precision import precision_context
 from .settings import check_precision
-from .ops import as_pair
-from .patch import resolve_patch_size
 
 
 class DenseClassifier(nn.Module):

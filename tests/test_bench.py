@@ -6,9 +6,14 @@ import torch
 from torch import nn
 
 import fcnseg
-
-from fcnseg.bench.methods import (HandConversionError, HandDense, ShiftAndStitch, hand_convert, patch_batch_size,
-                                  sample_pixels)
+from fcnseg.bench.methods import (
+    HandConversionError,
+    HandDense,
+    ShiftAndStitch,
+    hand_convert,
+    patch_batch_size,
+    sample_pixels,
+)
 
 
 def tiny_membrane():
@@ -143,7 +148,7 @@ def _with_bf16(native, dense_s):
 
 
 def test_reduced_precision_goal_is_judged_only_where_native():
-    from fcnseg.bench.report import target_lines, write_markdown
+    from fcnseg.bench.report import target_lines
     native = "\n".join(target_lines(_with_bf16(True, 2.0)))
     assert "in bf16 >= 2.0x its IEEE float32 time" in native and "**met** (2.50x, labels 99.90%)" in native
     emulated = "\n".join(target_lines(_with_bf16(False, 9.0)))
@@ -170,6 +175,7 @@ def test_bench_settings_match_their_yaml_and_the_command_line():
     from fcnseg.bench.run import parse_settings
     from fcnseg.bench.settings import BenchSettings
     from fcnseg.settings import SettingsError, defaults
+
     from helpers import ROOT
     assert yaml.safe_load((ROOT / "conf" / "bench.yaml").read_text()) == defaults(BenchSettings)
     assert parse_settings([]) == BenchSettings()

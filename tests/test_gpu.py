@@ -8,6 +8,7 @@ import torch
 import fcnseg
 from fcnseg import runtime
 from fcnseg.bench.equivalence import check_equivalence
+
 from helpers import K, ResidualConcat, RNet, SqueezeExciteDepthwise, alexnet_like
 
 pytestmark = [pytest.mark.gpu,

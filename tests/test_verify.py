@@ -57,6 +57,7 @@ def test_verify_reports_reduced_precision_by_labels_never_as_exact(capsys):
 
 def test_verify_image_uses_the_library_normalisation(tmp_path, monkeypatch):
     from fcnseg.data.base import default_mean_std
+
     from helpers import random_image, save
     tool = _tool()
     path = save(tmp_path / "x.png", random_image(20, 18))

@@ -18,6 +18,7 @@ def verify(path, fmt, pred, height, width):
     """max |exported - PyTorch| on one random image of another size than the trace."""
     import numpy as np
     import torch
+
     from fcnseg.infer.export import example_size
     n = example_size(pred) + 6
     h, w = (height, width) if height is not None else (n + 1, n + 8)

@@ -42,7 +42,7 @@ from fcnseg.runtime.precision import cpu_native_bf16, float32_math_state  # noqa
 
 def nets(quick: bool) -> list[dict]:
     """(name, classifier, patch size, image size, output stride): every converter feature."""
-    from helpers import RNet, ResidualConcat, SqueezeExciteDepthwise, alexnet_like
+    from helpers import ResidualConcat, RNet, SqueezeExciteDepthwise, alexnet_like
     torch.manual_seed(0)
     out = [dict(name="rnet (ceil-mode partial windows, two heads, PReLU)", model=RNet(), patch=None,
                 size=(30, 28), stride=1),
@@ -162,7 +162,8 @@ def main(argv=None) -> int:
             result = json.loads((out / "bench.json").read_text())
             r["rows"] = [{"side": run_["side"], "fp32_s": run_["forward"]["densify"]["time_s"],
                           **{f"{k}_s": v["time_s"] for k, v in run_["forward"].get("reduced", {}).items()},
-                          **{f"{k}_labels": v["label_agreement"] for k, v in run_["forward"].get("reduced", {}).items()}}
+                          **{f"{k}_labels": v["label_agreement"]
+                             for k, v in run_["forward"].get("reduced", {}).items()}}
                          for n in result["nets"] for run_ in n["runs"]]
             r["precision"] = result.get("precision")
         return r
@@ -184,7 +185,8 @@ def main(argv=None) -> int:
             return {"status": "failed", "error": f"no checkpoint at {ck} (the training step failed or was skipped)"}
         images = ROOT / "data" / "fashion_scenes" / "val" / "images"
         r = run([py, "tools/infer.py", f"checkpoint={ck}", f"input={images}", f"output={out / 'labels'}",
-                 f"device={dev}", "precision=auto", "overwrite=true", "progress=false"], out / "logs" / "infer.log", 180)
+                 f"device={dev}", "precision=auto", "overwrite=true", "progress=false"],
+                out / "logs" / "infer.log", 180)
         first = sorted(images.iterdir())[0]
         c = run([py, "tools/infer.py", f"checkpoint={ck}", f"input={first}", f"output={out / 'check'}",
                  f"device={dev}", "check=true", "overwrite=true", "progress=false"], out / "logs" / "check.log", 120)

@@ -43,7 +43,7 @@ class VerifySettings:
     pad_mode: str = "constant"       # the library's default; a checkpoint's own rule wins
     pad_value: float = 0.0
     dtype: str = "float64"           # the model's and the reference's dtype: float64 shows the method is exact
-    precision: str = "fp32"          # the dense pass: fp32 (IEEE) | tf32 | bf16 | fp16 | auto; reduced ones need float32
+    precision: str = "fp32"          # the dense pass: fp32 (IEEE) | tf32 | bf16 | fp16 | auto (reduced: float32)
     tolerance: Any = None            # relative, for fp32; None: 1e-9 in float64, 1e-4 in float32
     min_label_agreement: float = 0.99  # a reduced precision passes when this share of labels agrees
     batch_size: int = 64             # patches per reference batch

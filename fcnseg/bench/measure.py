@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fcnseg import runtime
-from fcnseg.runtime import memory
-from fcnseg.runtime import reuse_host_memory
+from fcnseg.runtime import memory, reuse_host_memory
 
 
 def release_freed_memory() -> None:

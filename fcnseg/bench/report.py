@@ -137,8 +137,9 @@ def target_lines(result, targets: dict | None = None) -> list[str]:
     shares = [(side, executed_share(find_run(mem, side)["forward"], run_matmul(mem, find_run(mem, side), result)))
               for side in (goal["sides"] if goal else ()) if find_run(mem, side)]
     if shares:
+        loads = [_load(find_run(mem, side)) for side, _ in shares]
         lines.append(f"- Membrane dense pass >= {goal['min']} of the matmul rate measured just before it, executed "
-                     f"FLOPs: {_share_verdict([s for _, s in shares], goal['min'], [_load(find_run(mem, side)) for side, _ in shares], threads)} "
+                     f"FLOPs: {_share_verdict([s for _, s in shares], goal['min'], loads, threads)} "
                      f"({', '.join(f'{side}: {s:.2f}' for side, s in shares)}).")
         lines += [f"  {line}" for line in gap_lines(mem, mem_matmul)]
     goal = targets.get("train_speedup_at_least_flop_ratio")
@@ -405,7 +406,8 @@ def write_markdown(result, plot_path: Path, docs_path: Path, notes: str | None =
                   f"{net['flops_dense_per_pixel'] / 1e3:.1f} kFLOP per output pixel dense: FLOP ratio "
                   f"**{net['flop_ratio']:.0f}x**. Matmul just before it: "
                   + ", ".join(f"{n}^2 {v:.0f} GFLOP/s" for n, v in net.get("matmul_gflops", {}).items())
-                  + f"; load average {net['runs'][0].get('load_average', ['?'])[0]}.", "", "Forward:", "", *_forward_table(net, matmul), "",
+                  + f"; load average {net['runs'][0].get('load_average', ['?'])[0]}.", "", "Forward:", "",
+                  *_forward_table(net, matmul), "",
                   *_precision_table(net)]
         if any(r["train"] for r in net["runs"]):
             lines += ["Training step (masked per-pixel cross-entropy on k random pixels, forward + backward):", "",
@@ -428,7 +430,7 @@ def speed_table(result) -> list[str]:
         pt, _ = patch_time(f)
         d = f["densify"]["time_s"]
         matmul = run_matmul(mem, run, result)
-        rows.append(f"| {run['side']}x{run['side']} | {_fmt_time(pt)} | {_fmt_time(f.get('shift_stitch', {}).get('time_s'))} "
-                    f"| {_fmt_time(f.get('hand', {}).get('time_s'))} | {_fmt_time(f.get('densify_plain', {}).get('time_s'))} "
+        other = [_fmt_time(f.get(k, {}).get("time_s")) for k in ("shift_stitch", "hand", "densify_plain")]
+        rows.append(f"| {run['side']}x{run['side']} | {_fmt_time(pt)} | {other[0]} | {other[1]} | {other[2]} "
                     f"| {_fmt_time(d)} | {_x(pt / d)} | {executed_share(f, matmul):.2f} |")
     return rows

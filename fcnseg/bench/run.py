@@ -31,13 +31,23 @@ from fcnseg.runtime.precision import cpu_native_bf16, float32_math_state, precis
 from fcnseg.settings import build_section
 
 from .measure import Timer, load_average, machine, matmul_rates, release_freed_memory
-from .methods import (HandConversionError, HandDense, ShiftAndStitch, build_network, channels_last_copy,
-                      dense_networks, dense_train_step, hand_convert, patch_batch_size, patch_train_step,
-                      sample_pixels)
-from .profile import profile_dense
-from .settings import BenchSettings
+from .methods import (
+    HandConversionError,
+    HandDense,
+    ShiftAndStitch,
+    build_network,
+    channels_last_copy,
+    dense_networks,
+    dense_train_step,
+    hand_convert,
+    patch_batch_size,
+    patch_train_step,
+    sample_pixels,
+)
 from .plot import write_plot
+from .profile import profile_dense
 from .report import write_markdown
+from .settings import BenchSettings
 
 
 @dataclass(frozen=True)
@@ -120,17 +130,17 @@ def bench_patch(models, x, ref, stride, cfg, timer) -> dict:
         all_pix = sample_pixels(side, side, output_pixels(side, stride), seed=9, stride=stride).to(x.device)
         scores = {}
 
-        def run(pix, model=model, bs=bs):
+        def run(pix, model=model, bs=bs, scores=scores):
             scores["out"] = fcnseg.patchwise(model, x, pixels=pix, batch_size=bs)[..., pix[:, 0], pix[:, 1]]
 
         pix = all_pix[:bs]
         with timer.steady():             # every timed batch runs on the heap one batch has filled
-            peak = timer(lambda: run(pix), warmup=False).peak_bytes  # warm-up on a trimmed heap: its peak
-            t = timer(lambda: run(pix), warmup=False)                 # calibration, in steady state
+            peak = timer(lambda pix=pix: run(pix), warmup=False).peak_bytes  # warm-up on a trimmed heap: its peak
+            t = timer(lambda pix=pix: run(pix), warmup=False)                 # calibration, in steady state
             n = sample_size(t.median / len(pix), bs, len(all_pix), cfg.patch_seconds)
             if n > len(pix):
                 pix = all_pix[:n]
-                t = timer(lambda: run(pix), warmup=False)
+                t = timer(lambda pix=pix: run(pix), warmup=False)
         t.peak_bytes = peak
         out[key] = record(t, output_pixels(side, stride) / len(pix), sampled=len(pix), batch_size=bs,
                           max_abs_diff=max_diff(scores["out"], ref[..., pix[:, 0] // stride, pix[:, 1] // stride]))
@@ -237,7 +247,7 @@ def bench_train(model, c, side, cfg, timer, device):
             continue
         pk = sample_pixels(side, side, k, seed=3).to(device)
         tk = torch.randint(0, geo.num_classes, (k,), device=device)
-        t_dense = timer(lambda: dense_train_step(dense, model, x, pk, tk))
+        t_dense = timer(lambda pk=pk, tk=tk: dense_train_step(dense, model, x, pk, tk))
         rows.append({"k": k, "dense": record(t_dense),
                      "patch": record(t_patch, k / n_pix, sampled=n_pix, batch_size=bs, layout=layout)})
     return rows

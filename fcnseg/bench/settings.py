@@ -14,8 +14,8 @@ from fcnseg.settings import SettingsError, check_device, check_positive, check_p
 @dataclass
 class BenchSettings:
     quick: bool = False            # the small smoke run into results/quick/
-    out_dir: Any = None            # bench.json and bench.png; null: results/ (quick: results/quick, CUDA: results/cuda)
-    docs: Any = None               # the Markdown report; null: docs/benchmarks.md (quick or CUDA: <out_dir>/benchmarks.md)
+    out_dir: Any = None            # bench.json, bench.png; null: results/ (quick: results/quick, CUDA: results/cuda)
+    docs: Any = None               # the report; null: docs/benchmarks.md (quick or CUDA: <out_dir>/benchmarks.md)
     nets: Any = None               # only these networks of the run plan; null: all
     sizes: Any = None              # image sides instead of the plan's; null: the plan's
     device: str = "auto"           # auto | cpu | cuda | cuda:<index>

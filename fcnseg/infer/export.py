@@ -22,6 +22,7 @@ from torch import nn
 from fcnseg.extras import require
 from fcnseg.runtime import atomic_path, write_text_atomic
 from fcnseg.settings import SettingsError, check_choice, check_positive
+
 from .model import Predictor
 
 FORMATS = ("onnx", "torchscript")

@@ -16,13 +16,31 @@ from here, so the two can never disagree on, say, which precision a GPU gets.
 
 The names below are the package's public surface; each is defined once, in its module.
 """
-from .device import (DistEnv, ShardSampler, all_reduce_mean, barrier, cleanup_distributed,
-                     device_memory_budget_mb, dist_env, init_distributed, pick_device, shard,
-                     unread_parameters)
+from .device import (
+                     DistEnv,
+                     ShardSampler,
+                     all_reduce_mean,
+                     barrier,
+                     cleanup_distributed,
+                     device_memory_budget_mb,
+                     dist_env,
+                     init_distributed,
+                     pick_device,
+                     shard,
+                     unread_parameters,
+)
 from .files import TMP_SUFFIX, atomic_path, remove_stale_temps, temp_path, write_text_atomic
 from .memory import reuse_freed_memory, reuse_host_memory
-from .precision import (Precision, amp_dtype, autocast, float32_math, float32_math_state, grad_scaler,
-                        precision_context, resolve_precision)
+from .precision import (
+                     Precision,
+                     amp_dtype,
+                     autocast,
+                     float32_math,
+                     float32_math_state,
+                     grad_scaler,
+                     precision_context,
+                     resolve_precision,
+)
 from .seeding import configure_determinism, rng_state, seed_all, set_rng_state
 
 __all__ = [

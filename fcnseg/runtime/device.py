@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.fx
 
+
 def pick_device(pref: str = "auto", local_rank: int | None = None) -> torch.device:
     """The device a setting names: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:i".
 

@@ -146,7 +146,8 @@ def _effective(key: str) -> str:
     down to PyTorch's defaults: IEEE for CUDA matmul and oneDNN, TF32 for cuDNN convolutions."""
     backend, op = key.split(".")
     b = torch.backends
-    for value in (getattr(getattr(b, backend), op).fp32_precision, getattr(getattr(b, backend), "fp32_precision", "none"),
+    module = getattr(b, backend)
+    for value in (getattr(module, op).fp32_precision, getattr(module, "fp32_precision", "none"),
                   getattr(b, "fp32_precision", "none")):
         if value != "none":
             return str(value)

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import torch
 
+
 def seed_all(seed: int) -> None:
     """Seed python's, numpy's and torch's (all devices') generators."""
     random.seed(seed)

@@ -4,6 +4,7 @@ import torch
 import fcnseg
 from fcnseg.heads import OneHead
 from fcnseg.runtime import device_memory_budget_mb, unread_parameters
+
 from helpers import RNet, alexnet_like
 
 

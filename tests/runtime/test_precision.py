@@ -6,6 +6,7 @@ import torch
 import fcnseg
 from fcnseg.runtime import precision as prec
 from fcnseg.settings import PRECISIONS
+
 from helpers import alexnet_like
 
 
