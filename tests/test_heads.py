@@ -132,7 +132,7 @@ def two_heads_checkpoint(tmp_path):
             num_classes=3, class_names=["a", "b", "c"], palette=None, mean=[0.5] * 3, std=[0.25] * 3,
             ignore_index=255, mode="dense", output_stride=1), m
     finally:
-        zoo._REGISTRY.pop(name, None)
+        zoo.registry.unregister(name)
 
 
 def test_inference_labels_with_the_chosen_head(two_heads_checkpoint, tmp_path):
@@ -151,7 +151,7 @@ def test_inference_labels_with_the_chosen_head(two_heads_checkpoint, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     out = tmp_path / "out"
     run_inference(InferenceSettings(checkpoint=str(ck), input=str(tmp_path / "a.png"), output=str(out),
-                                    device="cpu", save_scores=True, head="box", amp=False))
+                                    device="cpu", save_scores=True, head="box", precision="fp32"))
     scores = np.load(next(out.rglob("*.scores.npy")))
     assert scores.shape == (4, 9, 11)
 
@@ -167,7 +167,7 @@ def test_inference_saves_every_heads_scores(two_heads_checkpoint, tmp_path, tile
     for head in ("prob", "box", "all"):
         out = tmp_path / head
         run_inference(InferenceSettings(checkpoint=str(ck), input=str(tmp_path / "a.png"), output=str(out),
-                                        device="cpu", save_scores=True, head=head, amp=False, tile_size=tile_size))
+                                        device="cpu", save_scores=True, head=head, precision="fp32", tile_size=tile_size))
         scores = np.load(next(out.rglob("*.scores.npy")))
         labels = [p for p in out.rglob("*.png") if ".overlay" not in p.name]
         runs[head] = scores, np.array(Image.open(labels[0]))

@@ -14,49 +14,12 @@ classifiers, as patch classifiers that `fcnseg.densify` converts exactly.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
-from typing import Callable
 
 import torch.nn as nn
 
 from .fcn import strided_fcn
+from .registry import Spec, has_published_weights, names, register, spec
 from .weights import load_pretrained
-
-
-@dataclass(frozen=True)
-class Spec:
-    build: Callable[[int, int, float], nn.Module]  # (num_classes, in_channels, width_mult)
-    input_size: Callable[[], int]  # the architecture's own input size ("same" patch)
-    published: Callable[[nn.Module], dict] | None  # downloads the published state dict
-
-
-_REGISTRY: dict[str, Spec] = {}
-
-
-def register(name: str, *, input_size: Callable[[], int], published=None):
-    """Decorator registering `build(num_classes, in_channels, width_mult) -> nn.Module`."""
-
-    def deco(build):
-        if name in _REGISTRY:
-            raise ValueError(f"fcnseg.zoo: the name {name!r} is registered twice")
-        _REGISTRY[name] = Spec(build, input_size, published)
-        return build
-
-    return deco
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def spec(name: str) -> Spec:
-    if name not in _REGISTRY:
-        raise KeyError(f"fcnseg.zoo has no network {name!r}; known: {', '.join(names())}")
-    return _REGISTRY[name]
-
-
-def has_published_weights(name: str) -> bool:
-    return spec(name).published is not None
 
 
 def create(name: str, num_classes: int, in_channels: int = 3, width_mult: float = 1.0,
@@ -88,7 +51,7 @@ def create(name: str, num_classes: int, in_channels: int = 3, width_mult: float 
         # a builder that computed its patch (patchnet's patch_size=) knows it better than the default
         model.patch_size = tuple(getattr(model, "patch_size", None) or (size, size))
         return model
-    from fcnseg import strip_padding  # the core; imported late so the zoo lists without it
+    from fcnseg.convert.strip import strip_padding  # imported late so the zoo lists without it
 
     training = model.training
     model.eval()  # shape probes on small maps: training-mode batch norm would refuse 1x1 maps
@@ -105,5 +68,5 @@ from . import (  # noqa: E402,F401
     shufflenet, toy, vgg,
 )
 
-__all__ = ["create", "names", "register", "spec", "has_published_weights", "strided_fcn",
+__all__ = ["Spec", "create", "names", "register", "spec", "has_published_weights", "strided_fcn",
            "load_pretrained"]

@@ -22,7 +22,7 @@ accurate: 221; CNN-S: 233).
 """
 import torchvision
 
-from . import register
+from .registry import register
 from .classic import LRN, Classic, Conv, Pool, exact_input_size
 from .width import rescale
 

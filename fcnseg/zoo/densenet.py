@@ -4,7 +4,7 @@ growth rate). Published weights: torchvision's.
 """
 import torchvision.models as tvm
 
-from . import register
+from .registry import register
 from .classic import width
 from .width import rescale
 

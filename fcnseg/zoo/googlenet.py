@@ -7,7 +7,7 @@ The published weights were ported from TensorFlow and expect torchvision's
 """
 import torchvision.models as tvm
 
-from . import register
+from .registry import register
 from .width import check_runs, rescale
 
 WEIGHTS = tvm.GoogLeNet_Weights.IMAGENET1K_V1

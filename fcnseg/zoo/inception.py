@@ -3,7 +3,7 @@
 """
 from fcnseg.extras import require
 
-from . import register
+from .registry import register
 from .width import check_runs, rescale
 
 

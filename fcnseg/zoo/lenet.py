@@ -4,7 +4,7 @@ paper's partial connection table is a 1998 compute saving, not a property to rep
 """
 import torch.nn as nn
 
-from . import register
+from .registry import register
 from .classic import Classic, Conv, Pool, exact_input_size
 
 TABLE = [Conv(6, 5), Pool(2, 2, "avg"), Conv(16, 5), Pool(2, 2, "avg"), Conv(120, 5)]

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from . import register
+from .registry import register
 from .classic import width
 
 V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),

@@ -12,7 +12,7 @@ computed instead: see `patchnet_layers`.
 """
 import torch.nn as nn
 
-from fcnseg.zoo import register
+from .registry import register
 
 
 def _scaled(c, width_mult):

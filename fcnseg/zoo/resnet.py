@@ -4,7 +4,7 @@ resnet50 with 1000 classes: 25,557,032 parameters.
 """
 import torchvision.models as tvm
 
-from . import register
+from .registry import register
 from .width import check_runs, rescale
 
 MODELS = {

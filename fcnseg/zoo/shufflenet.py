@@ -3,7 +3,7 @@ by width_mult and kept even (each unit splits its channels in two and shuffles t
 """
 import torchvision.models as tvm
 
-from . import register
+from .registry import register
 from .classic import width
 from .width import rescale
 

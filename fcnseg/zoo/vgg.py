@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from . import register
+from .registry import register
 from .classic import LRN, Conv, Pool, exact_input_size, make_features, width
 
 M = "M"

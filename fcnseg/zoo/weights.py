@@ -126,7 +126,7 @@ def load_pretrained(model: nn.Module, name: str, published: Callable[[nn.Module]
                     width_mult: float = 1.0) -> list[str]:
     if pretrained is True:
         if published is None:
-            from . import has_published_weights, names
+            from .registry import has_published_weights, names
 
             have = [n for n in names() if has_published_weights(n)]
             raise ValueError(f"fcnseg.zoo: {name!r} has no published weights; pass pretrained=<path to a "
