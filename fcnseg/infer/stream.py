@@ -4,8 +4,8 @@ the image (when its format has regions) nor its label map is ever whole in memor
 
 The working store sits beside the result, hidden: ``.<stem>.tif.fcnseg-work/``, a zarr group
 with ``labels`` (the output grid, ceil(H/s) x ceil(W/s)) and, with scores, ``scores`` (float16,
-K x grid, a chunk per class), chunked exactly as the tile plan (the last tile of a row or column, shifted back
-inside the grid, fills the last chunk). zarr writes each chunk to a temporary file and renames
+K x grid, a chunk per class), chunked exactly as the tile plan: a tile is a chunk (the last of a row or
+column is short, as the grid's last chunk is). zarr writes each chunk to a temporary file and renames
 it, and a tile's scores are written before its labels, so a tile is finished exactly when its
 label chunk exists: a run killed with SIGKILL loses only the tile in flight, and the same
 command continues from the finished tiles. The store records what decides its numbers (image
@@ -112,23 +112,20 @@ class TileStore:
         group.attrs["identity"] = identity  # last: a store without it is an unfinished creation
 
     def _chunk(self, m0: int, n0: int) -> tuple[int, int]:
-        # tiles start at multiples of the tile size, except the last, shifted back: it covers the last chunk
-        return -(-(m0 - self.plan.row0) // self.plan.tile_rows), -(-(n0 - self.plan.col0) // self.plan.tile_cols)
+        # tiles start at multiples of the tile size: tile (i, j) is chunk (i, j)
+        return (m0 - self.plan.row0) // self.plan.tile_rows, (n0 - self.plan.col0) // self.plan.tile_cols
 
     def done(self, m0: int, n0: int) -> bool:
         i, j = self._chunk(m0, n0)
         return (self.root / "labels" / "c" / str(i) / str(j)).is_file()
 
     def write(self, m0: int, n0: int, labels: np.ndarray, scores: np.ndarray | None) -> None:
-        """Store the part of tile (m0, n0) that is its chunk: scores first, labels last."""
-        p = self.plan
-        i, j = self._chunk(m0, n0)
-        r0, c0 = i * p.tile_rows, j * p.tile_cols
-        r1, c1 = min(r0 + p.tile_rows, p.rows), min(c0 + p.tile_cols, p.cols)
-        crop = (slice(r0 - (m0 - p.row0), r1 - (m0 - p.row0)), slice(c0 - (n0 - p.col0), c1 - (n0 - p.col0)))
+        """Store tile (m0, n0), its chunk: scores first, labels last."""
+        r0, c0 = m0 - self.plan.row0, n0 - self.plan.col0
+        rows, cols = slice(r0, r0 + labels.shape[0]), slice(c0, c0 + labels.shape[1])
         if self.scores is not None:
-            self.scores[:, r0:r1, c0:c1] = scores[(slice(None),) + crop]
-        self.labels[r0:r1, c0:c1] = labels[crop]
+            self.scores[:, rows, cols] = scores
+        self.labels[rows, cols] = labels
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -169,7 +166,8 @@ def label_large_image(pred, source, paths: dict[str, Path], todo: Sequence[str],
 
     pred: a Predictor (fcnseg.infer.model) with a patch classifier's dense network. source: an
     ImageSource (fcnseg.data.regions). paths: kind -> result path (large_output_path names).
-    tile_size: output pixels a tile side, one window per forward pass (None/<=0: one tile).
+    tile_size: the largest tile side in image pixels, rounded down to a multiple of the output stride;
+    one window per forward pass (None/<=0: one tile).
     identity: what else decides the numbers (checkpoint, head, device, precision), kept in the store
     so a rerun with other settings starts over. on_tile(done, total) after each tile.
     """
@@ -187,7 +185,7 @@ def label_large_image(pred, source, paths: dict[str, Path], todo: Sequence[str],
     store = TileStore(work_dir(paths["labels"]), plan, pred.num_classes, K if with_scores else 0, identity, log)
     origins = plan.origins
     remaining = [o for o in origins if not store.done(*o)]
-    log(f"{source.path.name}: {source.height}x{source.width}, {len(origins)} tile{'s' * (len(origins) != 1)} of "
+    log(f"{source.path.name}: {source.height}x{source.width}, {len(origins)} tile{'s' * (len(origins) != 1)} of up to "
         f"{plan.tile_rows * s}x{plan.tile_cols * s} pixels"
         + (f", {len(origins) - len(remaining)} done before" if len(remaining) < len(origins) else ""))
 

@@ -131,9 +131,10 @@ class TilePlan:
     """Which output cells each tile computes and which image rows/cols it reads.
 
     Output cell (m, n) is the pixel (m*s, n*s). The grid covers output cells
-    [row0, row0 + rows) x [col0, col0 + cols). All tiles have the same shape
-    (tile_rows x tile_cols cells) so they can be batched; the last tile of a row or
-    column is shifted back inside the grid rather than running past it.
+    [row0, row0 + rows) x [col0, col0 + cols). Tiles start every tile_rows (tile_cols)
+    cells, so no two overlap; the last tile of a row or column is short, ending at the
+    grid's border (tile_shape). tile_rows x tile_cols is the largest tile, the one that
+    sets the memory a tile needs.
     """
     patch_size: tuple[int, int]
     stride: int
@@ -146,39 +147,52 @@ class TilePlan:
 
     @property
     def origins(self) -> list[tuple[int, int]]:
-        return [(m, n) for m in _starts(self.row0, self.rows, self.tile_rows)
-                for n in _starts(self.col0, self.cols, self.tile_cols)]
+        return [(m, n) for m in range(self.row0, self.row0 + self.rows, self.tile_rows)
+                for n in range(self.col0, self.col0 + self.cols, self.tile_cols)]
+
+    def tile_shape(self, m0: int, n0: int) -> tuple[int, int]:
+        """Output cells (rows, cols) of the tile at cell (m0, n0): the full tile, or less at the
+        grid's last row or column of tiles."""
+        return (min(self.tile_rows, self.row0 + self.rows - m0),
+                min(self.tile_cols, self.col0 + self.cols - n0))
 
     @property
     def window_shape(self) -> tuple[int, int]:
-        """Padded input size of one tile: (T - 1)*s + P per axis."""
-        P, Q = self.patch_size
-        return (self.tile_rows - 1) * self.stride + P, (self.tile_cols - 1) * self.stride + Q
+        """Padded input size of the largest tile: (T - 1)*s + P per axis."""
+        return self.tile_window_shape(self.row0, self.col0)
+
+    def tile_window_shape(self, m0: int, n0: int) -> tuple[int, int]:
+        """Padded input size of the tile at cell (m0, n0)."""
+        (P, Q), (tr, tc) = self.patch_size, self.tile_shape(m0, n0)
+        return (tr - 1) * self.stride + P, (tc - 1) * self.stride + Q
 
     def window_indices(self, m0: int, n0: int) -> tuple[np.ndarray, np.ndarray]:
         """Image rows and columns (may be outside the image) of the tile at cell (m0, n0)."""
         P, Q = self.patch_size
-        h, w = self.window_shape
+        h, w = self.tile_window_shape(m0, n0)
         # padded row r is image row r - (P-1)//2; the tile starts at padded row m0*s
         rows = m0 * self.stride - (P - 1) // 2 + np.arange(h)
         cols = n0 * self.stride - (Q - 1) // 2 + np.arange(w)
         return rows, cols
 
 
-def _starts(lo: int, n: int, t: int) -> list[int]:
-    out = list(range(lo, lo + n, t))
-    if out and out[-1] + t > lo + n:
-        out[-1] = lo + n - t
-    return out
-
-
 def plan_tiles(height: int, width: int, patch_size, stride: int, tile_size: int | None,
                region: Sequence[int] | None = None) -> TilePlan:
     """Cut the output grid of an image (or of a region (top, left, h, w) of it) into tiles.
 
-    tile_size is the largest tile in image pixels (rounded down to a multiple of the output
-    stride); the tiles are evened out to cover the grid with the least overlap. None or <= 0
-    means one tile for everything.
+    tile_size is the largest tile side in image pixels, rounded down to a multiple of the output
+    stride; tiles of that size cover the grid and the last of each row and column is short.
+    None or <= 0 means one tile for everything.
+
+    Why full tiles and a short last one: the network's convolutions are valid, so on a tile of
+    T output cells every layer's map is a*T + b wide per axis (a its scale, b its share of the
+    halo; the window itself is T*s + P - s). An axis cut into n tiles then sums to
+    a*cells + n*b per layer however the cells are split, and a map's area is the product of
+    its two axes: with the same number of tiles per axis, full tiles plus a short last one
+    compute exactly as much as tiles evened out over the image, and no two tiles overlap (a
+    full last tile shifted back inside the grid would compute the overlap twice). Only the
+    largest tile differs, and it sets the peak memory: always tile_size here, so the peak
+    depends on the budget, not on the image.
     """
     P, Q = as_pair(patch_size)
     s = int(stride)
@@ -202,17 +216,8 @@ def plan_tiles(height: int, width: int, patch_size, stride: int, tile_size: int 
         if t < 1:
             raise ValueError(f"tile_size={tile_size} is smaller than the output stride {s}; "
                              f"use at least {s}")
-        tr, tc = _even_tile(t, rows), _even_tile(t, cols)
+        tr, tc = min(t, rows), min(t, cols)
     return TilePlan((P, Q), s, row0, col0, rows, cols, tr, tc)
-
-
-def _even_tile(largest: int, cells: int) -> int:
-    """The tile (in cells) that covers `cells` in as few tiles as tiles of `largest` would, with
-    the least overlap: 4096 pixels in tiles of at most 817 take six tiles either way, but six of
-    683 where full 817s would recompute 804 rows twice (the last tile is shifted back inside the
-    grid): 27% less work for the membrane net, border included."""
-    n = -(-cells // min(largest, cells))
-    return -(-cells // n)
 
 
 @dataclass
@@ -256,10 +261,10 @@ def forward_windows(dense: nn.Module, batch: torch.Tensor, *, amp: bool = False,
         return dense.forward_valid(batch)
 
 
-def _check_window_output(out: torch.Tensor, plan: TilePlan, dense: nn.Module):
-    want = (plan.tile_rows, plan.tile_cols)
+def _check_window_output(out: torch.Tensor, plan: TilePlan, m0: int, n0: int, dense: nn.Module):
+    want = plan.tile_shape(m0, n0)
     if tuple(out.shape[2:]) != want:
-        h, w = plan.window_shape
+        h, w = plan.tile_window_shape(m0, n0)
         raise RuntimeError(
             f"{type(dense).__name__}.forward_valid gave {tuple(out.shape[2:])} outputs for a "
             f"{h}x{w} window, expected {want} from patch size {plan.patch_size} and output stride "
@@ -270,17 +275,25 @@ def iter_tile_outputs(dense: nn.Module, image, plan: TilePlan, *, pad_mode: str,
                       transform: Transform | None = None, batch_size: int = 1, amp: bool = False,
                       channels_last: bool = False, origins: Sequence[tuple[int, int]] | None = None
                       ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (m0, n0, scores (K, tile_rows, tile_cols)) tile by tile, batch_size windows per pass;
-    origins: the tiles to compute (default: all of the plan's)."""
+    """Yield (m0, n0, scores (K, *plan.tile_shape(m0, n0))) tile by tile; up to batch_size
+    consecutive tiles of one shape share a pass; origins: the tiles to compute (default: all of
+    the plan's)."""
     origins = plan.origins if origins is None else list(origins)
-    for b in range(0, len(origins), max(1, int(batch_size))):
-        chunk = origins[b:b + max(1, int(batch_size))]
+    limit = max(1, int(batch_size))
+    b = 0
+    while b < len(origins):
+        shape = plan.tile_shape(*origins[b])
+        e = b + 1
+        while e < len(origins) and e - b < limit and plan.tile_shape(*origins[e]) == shape:
+            e += 1
+        chunk = origins[b:e]
         wins = [build_window(image, *plan.window_indices(m0, n0), pad_mode, pad_value, transform)
                 for m0, n0 in chunk]
         out = forward_windows(dense, torch.stack(wins), amp=amp, channels_last=channels_last)
-        _check_window_output(out, plan, dense)
+        _check_window_output(out, plan, *chunk[0], dense)
         for (m0, n0), o in zip(chunk, out):
             yield m0, n0, o
+        b = e
 
 
 def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
@@ -293,8 +306,8 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
 
     dense: a DenseNet (``patch_size``, ``output_stride``, ``forward_valid``; padding rule
     from its ``pad_mode``/``pad_value`` unless given). image: a normalised tensor
-    (C, H, W) or a raw array (H, W, C) with ``transform``. tile_size: output pixels per
-    tile side (None/<=0: one tile). region: (top, left, height, width) to predict only
+    (C, H, W) or a raw array (H, W, C) with ``transform``. tile_size: the largest tile side in
+    image pixels, rounded down to a multiple of the output stride (None/<=0: one tile). region: (top, left, height, width) to predict only
     part of the image. scores_out: an array (K, rows, cols) (e.g. a float16 memmap) to
     write scores into instead of holding them in memory. label_channels: label with the
     argmax of the first label_channels scores only (several heads' scores concatenated).
@@ -323,7 +336,7 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
                     scores = torch.empty(K, plan.rows, plan.cols, dtype=out.dtype)
             # argmax on the device, in the network's precision, before any down-cast
             r, c = m0 - plan.row0, n0 - plan.col0
-            sl = (slice(r, r + plan.tile_rows), slice(c, c + plan.tile_cols))
+            sl = (slice(r, r + out.shape[1]), slice(c, c + out.shape[2]))
             labels[sl] = out[:label_channels].argmax(0).to("cpu", label_dtype(K))
             if scores is not None:
                 o = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out

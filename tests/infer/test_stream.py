@@ -286,15 +286,17 @@ def test_tile_store_keeps_more_score_channels_than_label_classes(tmp_path):
     """head=all: labels from the first head's classes, scores of every head."""
     from fcnseg.infer.tiling import plan_tiles
 
-    plan = plan_tiles(30, 20, (5, 5), 1, 16)  # 2 x 2 tiles of 15 x 10 cells
+    plan = plan_tiles(30, 20, (5, 5), 1, 16)  # 2 x 2 tiles: 16 x 16 cells, the last row 14, the last column 4
     store = stream.TileStore(tmp_path / "w", plan, 300, 7, {"k": 1}, print)
     assert store.labels.dtype == np.uint16 and store.scores.shape == (7, 30, 20)
-    labels = np.arange(150, dtype=np.uint16).reshape(15, 10)
-    scores = np.ones((7, 15, 10), np.float16)
-    assert not store.done(15, 10)
-    store.write(15, 10, labels, scores)
-    assert store.done(15, 10) and not store.done(0, 0)
-    assert np.array_equal(store.labels[15:, 10:], labels) and float(store.scores[6, 29, 19]) == 1.0
+    assert plan.tile_shape(16, 16) == (14, 4)
+    labels = np.arange(56, dtype=np.uint16).reshape(14, 4)
+    scores = np.ones((7, 14, 4), np.float16)
+    assert not store.done(16, 16)
+    store.write(16, 16, labels, scores)
+    assert store.done(16, 16) and not store.done(0, 0) and not store.done(0, 16)
+    assert np.array_equal(store.labels[16:, 16:], labels) and float(store.scores[6, 29, 19]) == 1.0
+    assert not store.labels[:16, :].any()  # the short tile wrote only its own cells
     reopened = stream.TileStore(tmp_path / "w", plan, 300, 7, {"k": 1}, print)
-    assert reopened.done(15, 10)
-    assert not stream.TileStore(tmp_path / "w", plan, 300, 7, {"k": 2}, print).done(15, 10)  # other settings
+    assert reopened.done(16, 16)
+    assert not stream.TileStore(tmp_path / "w", plan, 300, 7, {"k": 2}, print).done(16, 16)  # other settings

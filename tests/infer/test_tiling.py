@@ -25,15 +25,26 @@ def test_build_window_constant_fills_outside():
     assert np.array_equal(win[0].numpy(), want)
 
 
-def test_plan_covers_every_cell_once_shifted_last_tile():
+def test_plan_covers_every_cell_once_with_a_short_last_tile():
     plan = plan_tiles(41, 29, (15, 15), 2, 8)  # 21 x 15 cells, tiles of 4 cells
     assert (plan.rows, plan.cols, plan.tile_rows) == (21, 15, 4)
     cover = np.zeros((plan.rows, plan.cols), int)
     for m, n in plan.origins:
-        assert 0 <= m <= plan.rows - plan.tile_rows and 0 <= n <= plan.cols - plan.tile_cols
-        cover[m:m + plan.tile_rows, n:n + plan.tile_cols] += 1
-    assert cover.min() >= 1
-    assert plan.window_shape == (3 * 2 + 15, 3 * 2 + 15)
+        assert m % 4 == 0 and n % 4 == 0  # no tile shifted back over its neighbour
+        h, w = plan.tile_shape(m, n)
+        cover[m:m + h, n:n + w] += 1
+        assert len(plan.window_indices(m, n)[0]) == (h - 1) * 2 + 15
+    assert (cover == 1).all()  # every cell computed once: no overlap, no gap
+    assert plan.tile_shape(20, 12) == (1, 3)  # the last tile ends at the grid's border
+    assert plan.window_shape == (3 * 2 + 15, 3 * 2 + 15)  # the largest tile's
+
+
+def test_plan_tile_is_the_budget_not_the_image():
+    """Every image of at least tile_size gets tiles of tile_size: the peak memory is the same."""
+    for side in (6000, 20000, 2800):
+        plan = plan_tiles(side, side, (84, 84), 8, 2792)
+        assert (plan.tile_rows, plan.tile_cols) == (349, 349), side
+    assert plan_tiles(2000, 100, (84, 84), 8, 2792).tile_rows == 250  # smaller: one tile, whole
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +69,22 @@ def test_tiled_equals_untiled(model64, stride, pad_mode, pad_value):
         assert torch.allclose(p.scores, ref, rtol=1e-12, atol=1e-12), \
             (tile, (p.scores - ref).abs().max())
     # the labels are not trivially constant, so the equality above means something
+    assert len(torch.unique(ref.argmax(0))) > 1
+
+
+def test_short_last_tile_in_both_axes_equals_untiled(model64):
+    """Stride 2, 24 x 19 cells in tiles of 7: the last row of tiles is 3 cells, the last column 5;
+    tiles of several shapes in one batch_size."""
+    dense = fcnseg.densify(model64, output_stride=2, pad_mode="reflect").eval()
+    x = torch.randn(3, 47, 38, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = dense(x[None])[0]
+    plan = plan_tiles(47, 38, dense.patch_size, 2, 15)  # 15 rounds down to 14 pixels, 7 cells
+    assert (plan.rows, plan.cols, plan.tile_rows) == (24, 19, 7)
+    assert plan.tile_shape(*plan.origins[-1]) == (3, 5)
+    p = predict_tiled(dense, x, 15, batch_size=3)
+    assert torch.equal(p.labels.long(), ref.argmax(0))
+    assert torch.allclose(p.scores, ref, rtol=1e-12, atol=1e-12), (p.scores - ref).abs().max()
     assert len(torch.unique(ref.argmax(0))) > 1
 
 
