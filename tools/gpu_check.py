@@ -12,10 +12,10 @@ Steps (each recorded in <out>/summary.json with its status, seconds and numbers)
    on CUDA also zoo MobileNet-V2 and EfficientNet-B0) densified on the device in fp64 (exact),
    IEEE fp32, tf32 (CUDA) and bf16, against float64 patch-by-patch on the CPU: scores, labels and
    gradients (fcnseg.bench.equivalence);
-3. benchmark: tools/bench.py on the membrane net at 256/1024/2048 (quick: 64/128), IEEE fp32 and
+3. benchmark: tools/bench.py on the membrane net at 256/1024/2048 (quick: 64), IEEE fp32 and
    bf16 rows, into <out>/ (bench.json, benchmarks.md, bench.png);
 4. training: tools/train.py on the demo data for 200 steps (quick: 4) on the device;
-5. inference: tools/infer.py over the demo validation folder with that checkpoint, and
+5. inference: tools/infer.py over the demo validation folder (quick: ten images) with that checkpoint, and
    check=true on one image (the dense result against patch-by-patch, in IEEE fp32).
 
 The exit status is 1 when a step failed. --out defaults to results/cuda (CUDA) or
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         return r
 
     def bench():
-        sizes = ["64", "128"] if quick else ["256", "1024", "2048"]
+        sizes = ["64"] if quick else ["256", "1024", "2048"]
         r = run([py, "tools/bench.py", "--device", dev, "--nets", "membrane95", "--sizes", *sizes,
                  "--precision", "fp32", "bf16", "--no-tiling", "--no-profile", "--out-dir", str(out),
                  "--docs", str(out / "benchmarks.md")] + (["--quick"] if quick else []),
@@ -184,7 +184,8 @@ def main(argv=None) -> int:
         if not ck.exists():
             return {"status": "failed", "error": f"no checkpoint at {ck} (the training step failed or was skipped)"}
         images = ROOT / "data" / "fashion_scenes" / "val" / "images"
-        r = run([py, "tools/infer.py", f"checkpoint={ck}", f"input={images}", f"output={out / 'labels'}",
+        folder = images / "00000*.png" if quick else images          # quick: ten images (a glob)
+        r = run([py, "tools/infer.py", f"checkpoint={ck}", f"input={folder}", f"output={out / 'labels'}",
                  f"device={dev}", "precision=auto", "overwrite=true", "progress=false"],
                 out / "logs" / "infer.log", 180)
         first = sorted(images.iterdir())[0]
