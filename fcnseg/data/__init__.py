@@ -4,9 +4,10 @@ from .augment import build_transform
 from .base import IMAGENET_MEAN, IMAGENET_STD, Sample, SegmentationDataset, default_mean_std, resolve_mean_std
 from .datasets import (
     DATASETS, ADE20KDataset, CityscapesDataset, DatasetReport, FolderDataset, PatchFolderDataset, VOCDataset,
-    build_dataset, compute_mean_std, dataset_class, validate_dataset,
+    build_dataset, compute_mean_std, dataset_class, validate_dataset, validate_splits,
 )
 from .errors import DatasetError, ImageReadError
+from .scan import ScanCache
 from .io import (
     IMAGE_EXTENSIONS, apply_orientation, normalize, prepare_image, read_image, read_mask, to_channels, to_float,
 )
@@ -14,8 +15,8 @@ from .io import (
 __all__ = [
     "ADE20KDataset", "CityscapesDataset", "DATASETS", "DatasetError", "DatasetReport", "FolderDataset",
     "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "ImageReadError", "PatchFolderDataset", "Sample",
-    "SegmentationDataset", "VOCDataset", "apply_orientation", "build_dataset", "build_transform",
+    "ScanCache", "SegmentationDataset", "VOCDataset", "apply_orientation", "build_dataset", "build_transform",
     "compute_mean_std", "dataset_class", "default_mean_std", "resolve_mean_std",
     "normalize", "prepare_image", "read_image", "read_mask", "to_channels", "to_float",
-    "validate_dataset",
+    "validate_dataset", "validate_splits",
 ]

@@ -2,6 +2,7 @@
 patches), a builder by name, a full-scan validator and normalisation statistics."""
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -15,12 +16,13 @@ from .errors import DatasetError
 from .folder import FolderDataset
 from .io import read_image, to_channels, to_float
 from .patches import PatchFolderDataset
+from .scan import ScanCache, scan
 from .voc import VOCDataset
 
 __all__ = [
     "SegmentationDataset", "FolderDataset", "VOCDataset", "CityscapesDataset", "ADE20KDataset",
     "PatchFolderDataset", "DATASETS", "dataset_class", "build_dataset", "validate_dataset", "DatasetReport",
-    "compute_mean_std",
+    "compute_mean_std", "ScanCache", "validate_splits",
 ]
 
 # kind -> class; each class's ``task`` says what training makes of it: "segmentation" (images
@@ -71,36 +73,67 @@ class DatasetReport:
                 + (" ..." if len(self.image_sizes) > 4 else ""))
 
 
-def validate_dataset(ds: SegmentationDataset, check_all: bool = True, max_reported: int = 20) -> DatasetReport:
+def scan_settings(ds: SegmentationDataset) -> str:
+    """What, besides the files, decides a sample's scan result: the scan cache's settings key."""
+    label_map = getattr(ds, "label_map", None)
+    mapping = hashlib.sha1(np.ascontiguousarray(label_map).tobytes()).hexdigest()[:16] \
+        if label_map is not None else "none"
+    return (f"{type(ds).__name__}:classes={ds.num_classes}:channels={ds.in_channels}"
+            f":ignore={ds.ignore_index}:labels={mapping}")
+
+
+def validate_dataset(ds: SegmentationDataset, check_all: bool = True, max_reported: int = 20,
+                     cache: ScanCache | None = None, progress: bool = False) -> DatasetReport:
     """Decode every sample (or the first 8 with ``check_all=False``) and check it.
 
     Finds missing masks, unreadable/truncated/non-image files, image/mask size mismatches and labels
     outside ``[0, num_classes)`` other than ``ignore_index``; all problems are gathered and raised
     together as one :class:`DatasetError` that names each file and its fix. Transforms are not applied.
+    Samples are decoded in a thread pool; ``progress`` shows a progress bar on stderr. With a
+    :class:`fcnseg.data.scan.ScanCache`, samples whose files and settings are unchanged since the
+    cache recorded them are not decoded again (the caller saves the cache).
     """
     n = len(ds)
     if n == 0:
         raise DatasetError(f"{getattr(ds, 'source', '') or type(ds).__name__}: the split is empty; "
                            "check the root and split name")
-    indices = range(n) if check_all else range(min(n, 8))
-    problems: list[str] = []
-    counts = np.zeros(256, np.int64)
-    sizes: set[tuple[int, int]] = set()
-    for i in indices:
-        try:
-            image, mask = ds.load(i)
-        except DatasetError as e:
-            problems.append(str(e))
-            continue
-        sizes.add(image.shape[:2])
-        counts += np.bincount(mask.ravel(), minlength=256)
+    indices = list(range(n) if check_all else range(min(n, 8)))
+
+    def decode(j):
+        image, mask = ds.load(indices[j])
+        labels = np.bincount(mask.ravel(), minlength=256)
+        present = np.flatnonzero(labels)
+        return {"size": [int(v) for v in image.shape[:2]],
+                "labels": present.tolist(), "pixels": labels[present].tolist()}
+
+    files = [(ds.samples[i].image, ds.samples[i].mask) for i in indices]
+    results, problems = scan(files, decode, settings=scan_settings(ds), cache=cache, progress=progress,
+                             desc=f"scan {ds.source or type(ds).__name__}")
     if problems:
         shown = "\n- ".join(problems[:max_reported])
         more = f"\n... and {len(problems) - max_reported} more" if len(problems) > max_reported else ""
         raise DatasetError(f"{len(problems)} of {len(indices)} samples of {ds.source or type(ds).__name__} "
                            f"are unusable:\n- {shown}{more}")
+    counts = np.zeros(256, np.int64)
+    sizes: set[tuple[int, int]] = set()
+    for r in results:
+        sizes.add(tuple(r["size"]))
+        np.add.at(counts, np.asarray(r["labels"], np.int64), np.asarray(r["pixels"], np.int64))
     return DatasetReport(num_samples=n, checked=len(indices), class_pixels=counts[: ds.num_classes].copy(),
                          ignore_pixels=int(counts[ds.ignore_index]), image_sizes=sizes)
+
+
+def validate_splits(splits: list[SegmentationDataset], root: str | os.PathLike, progress: bool = True,
+                    save: bool = True) -> list[DatasetReport]:
+    """:func:`validate_dataset` of each split with the scan cache of the data ``root``
+    (:class:`fcnseg.data.scan.ScanCache`), saved afterwards when ``save`` (also when a file
+    was bad: what decoded well is kept)."""
+    cache = ScanCache(root)
+    try:
+        return [validate_dataset(ds, cache=cache, progress=progress) for ds in splits]
+    finally:
+        if save:
+            cache.save()
 
 
 def compute_mean_std(ds: SegmentationDataset, max_samples: int | None = None) -> tuple[list[float], list[float]]:

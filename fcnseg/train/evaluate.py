@@ -133,7 +133,7 @@ def evaluate_checkpoint(settings, out_dir) -> dict:
     confusion matrix of a patch classifier; images with label masks give mIoU, per-class IoU
     and pixel accuracy of the dense net at stride 1, as the training run's validation does."""
     from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.data import build_dataset, dataset_class, validate_dataset
+    from fcnseg.data import build_dataset, dataset_class, validate_splits
     from fcnseg.dense import densify
     from fcnseg.train import report
     from fcnseg.train.cost import memory_limit_bytes
@@ -159,7 +159,7 @@ def evaluate_checkpoint(settings, out_dir) -> dict:
                            mean=info["mean"], std=info["std"])
     else:
         ds = build_dataset(data.kind, data.root, settings.split, **kw)
-        validate_dataset(ds)
+        validate_splits([ds], data.root)  # what the training run's scan recorded is not decoded again
         ds.mean, ds.std = list(info["mean"]), list(info["std"])  # the training normalisation
     if (ds.num_classes, ds.in_channels) != (info["num_classes"], info["in_channels"]):
         raise TrainingError(f"{settings.checkpoint} classifies {info['num_classes']} classes of "

@@ -7,6 +7,7 @@ net at stride 1, every pixel; the report is the per-class IoU table and metrics.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -14,7 +15,7 @@ import time
 import torch
 
 from fcnseg import runtime
-from fcnseg.data import build_dataset, build_transform, validate_dataset
+from fcnseg.data import build_dataset, build_transform, validate_splits
 from fcnseg.dense import freeze_batchnorm
 from fcnseg.train import cost, report
 from fcnseg.train.errors import TrainingError
@@ -28,21 +29,40 @@ from fcnseg.train.task import Task
 logger = logging.getLogger(__name__)
 
 
-def build_datasets(data, aug):
-    """(train, val, pixels per class of train) of the data settings, every file checked."""
+def build_datasets(data, aug, env=None):
+    """(train, val, pixels per class of train) of the data settings, every file checked.
+    The check decodes only what the data root's scan cache (fcnseg.data.scan) does not
+    know; in a torchrun job rank 0 scans and writes the cache while the others wait, then
+    they read it (a file rank 0 could not read they decode themselves, to fail alike)."""
     kw = {k: v for k, v in data.options.items() if v is not None}
     train = build_dataset(data.kind, data.root, data.train_split,
                           transform=build_transform(dataclasses.asdict(aug)), **kw)
     val = build_dataset(data.kind, data.root, data.val_split, **kw)
+    main = env is None or env.main
     # clear errors (file + fix) for missing masks, bad labels, size mismatches, empty
     # splits, unreadable images: before the first step, not an hour into the run
-    summary = validate_dataset(train)
-    validate_dataset(val)
+    with _main_rank_first(env):
+        summary, _ = validate_splits([train, val], data.root, progress=main, save=main)
     if (train.num_classes, train.in_channels) != (val.num_classes, val.in_channels):
         raise TrainingError(f"train and val splits of {data.root} disagree: "
                             f"{train.num_classes} vs {val.num_classes} classes, "
                             f"{train.in_channels} vs {val.in_channels} channels")
     return train, val, summary.class_pixels
+
+
+@contextlib.contextmanager
+def _main_rank_first(env):
+    """Rank 0 runs the block while the other ranks wait; then they run it."""
+    if env is None or not env.enabled:
+        yield
+        return
+    if not env.main:
+        runtime.barrier()
+    try:
+        yield
+    finally:
+        if env.main:
+            runtime.barrier()
 
 
 class SegmentationTask(Task):
@@ -51,7 +71,7 @@ class SegmentationTask(Task):
     def __init__(self, settings, env, generator):
         self.settings, self.env = settings, env
         trainer = settings.trainer
-        self.train_ds, self.val_ds, self.class_counts = build_datasets(settings.data, settings.aug)
+        self.train_ds, self.val_ds, self.class_counts = build_datasets(settings.data, settings.aug, env)
         ds = self.train_ds
         self.num_classes, self.in_channels = ds.num_classes, ds.in_channels
         self.ignore_index = getattr(ds, "ignore_index", 255)
