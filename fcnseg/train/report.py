@@ -1,4 +1,5 @@
-"""What a run leaves behind: IoU table, metrics.json/csv, steps.csv, curves.png, val_grid.png."""
+"""What a run leaves behind: IoU table, metrics.json/csv, steps.csv (and TensorBoard events
+with logger=tensorboard), curves.png, val_grid.png."""
 import csv
 import io
 import json
@@ -78,6 +79,41 @@ class ScalarLog:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.FIELDS, lineterminator="\n").writerow(
                 {k: ("" if row.get(k) is None else row[k]) for k in self.FIELDS})
+
+
+class TensorBoardLog:
+    """logger=tensorboard: the per-step scalars (train/loss, train/lr, train/images_per_s, ...)
+    and each validation's numbers (val/miou, val/pixel_acc, ...) as TensorBoard event files in
+    the run directory, so ``tensorboard --logdir outputs/train`` shows every run. A resumed
+    run purges the events after the step it resumes from, as steps.csv drops those rows."""
+
+    SKIP = ("step", "epoch")  # the x axis, not a curve
+
+    def __init__(self, run_dir, resume_step=0):
+        self.writer = self.writer_class()(log_dir=str(run_dir), purge_step=resume_step or None)
+
+    @staticmethod
+    def writer_class():
+        """torch's SummaryWriter; without the tensorboard package an error naming the extra."""
+        return require("torch.utils.tensorboard", "logger=tensorboard").SummaryWriter
+
+    def _scalars(self, prefix, step, values):
+        for name, value in values.items():
+            if name not in self.SKIP and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{name}", value, step)
+
+    def append(self, **row):
+        """One optimiser step's scalars (ScalarLog.append's row)."""
+        self._scalars("train", row["step"], row)
+
+    def validation(self, step, row):
+        """A validation's history row: its numbers, under val/ (the val_ prefix dropped)."""
+        self._scalars("val", step, {k.removeprefix("val_"): v for k, v in row.items()})
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
 
 
 def plot_curves(path, history, scores=(("val_miou", "mIoU"), ("val_pixel_acc", "pixel acc"))):

@@ -208,6 +208,9 @@ class AugSettings:
 
 
 # ------------------------------------------------------------------------------- all
+LOGGERS = ("csv", "tensorboard")  # where per-step scalars go besides train.log
+
+
 @dataclass
 class TrainSettings:
     model: ModelSettings
@@ -218,6 +221,10 @@ class TrainSettings:
     aug: AugSettings = field(default_factory=AugSettings)
     trainer: TrainerSettings = field(default_factory=TrainerSettings)
     resume: Any = False           # False | True: <run_dir>/last.pt | a checkpoint path
+    logger: str = "csv"           # csv: steps.csv | tensorboard: steps.csv and TensorBoard events in the run dir
+
+    def __post_init__(self):
+        check_choice("logger", self.logger, LOGGERS)
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "TrainSettings":
@@ -238,7 +245,7 @@ class TrainSettings:
             loss=_named("loss", LOSSES, cfg.get("loss"), "ce"),
             aug=build_section("aug", AugSettings, cfg.get("aug") or {}),
             trainer=build_section("trainer", TrainerSettings, cfg.get("trainer") or {}),
-            resume=cfg.get("resume", False))
+            resume=cfg.get("resume", False), logger=cfg.get("logger", "csv"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

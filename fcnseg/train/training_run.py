@@ -43,6 +43,8 @@ class TrainingRun:
         task_class.check_environment(env)
         runtime.configure_determinism(trainer.deterministic, env.device)
         runtime.seed_all(trainer.seed)
+        if settings.logger == "tensorboard" and env.main:
+            report.TensorBoardLog.writer_class()  # a missing extra stops the run before the data scan
         run_dir.mkdir(parents=True, exist_ok=True)
         self.gen = torch.Generator()  # reseeded every epoch: it fixes batch order and worker seeds
         self.step, self.best, self.history = 0, -1.0, []
@@ -57,6 +59,7 @@ class TrainingRun:
             self._resume(settings.resume)
         self.step_cost = self.task.estimate_step(self)
         self.first_step_logged = False
+        self.scalars = self.tensorboard = None  # the step logs, opened by _train on rank 0
 
     @property
     def _best_key(self):
@@ -197,6 +200,8 @@ class TrainingRun:
         # per-step scalars in steps.csv (a resumed run keeps the rows up to its step)
         self.scalars = report.ScalarLog(self.run_dir / "steps.csv", keep_until=self.step) \
             if self.env.main else None
+        self.tensorboard = report.TensorBoardLog(self.run_dir, resume_step=self.step) \
+            if self.env.main and self.settings.logger == "tensorboard" else None
         self.bar = tqdm(total=self.plan.total_steps, initial=self.step, disable=not self.env.main,
                         desc=f"train [{self.task.method}]", dynamic_ncols=True, leave=True)
         try:
@@ -204,6 +209,8 @@ class TrainingRun:
                 return self._steps()
         finally:
             self.bar.close()  # also when a step raised (a diverged loss)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
 
     def _steps(self):
         plan = self.plan
@@ -249,9 +256,11 @@ class TrainingRun:
         seconds = time.perf_counter() - started
         if self.scalars is not None:
             images = len(batch["image"]) * self.env.world_size
-            self.scalars.append(step=self.step, epoch=epoch, loss=loss,
-                                lr=self.scheduler.get_last_lr()[0], seconds=round(seconds, 4),
-                                images_per_s=round(images / max(seconds, 1e-9), 2))
+            row = dict(step=self.step, epoch=epoch, loss=loss, lr=self.scheduler.get_last_lr()[0],
+                       seconds=round(seconds, 4), images_per_s=round(images / max(seconds, 1e-9), 2))
+            self.scalars.append(**row)
+            if self.tensorboard is not None:
+                self.tensorboard.append(**row)
         self.bar.update(1)
         if loss is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
@@ -264,6 +273,8 @@ class TrainingRun:
         if row is None:
             return False
         self.history.append(row)
+        if self.tensorboard is not None:
+            self.tensorboard.validation(self.step, row)
         metrics = row["metrics"]
         score = metrics[self.task.SCORE]
         improved = not math.isnan(score) and score > self.best

@@ -26,6 +26,19 @@ def test_yaml_repeats_the_dataclass_defaults(group, name):
     assert yaml.safe_load(path.read_text()) == defaults_of(group, name), path
 
 
+def test_train_yaml_repeats_the_top_level_defaults():
+    """The settings of conf/train.yaml outside the groups (resume, logger) are TrainSettings'."""
+    import dataclasses
+    top = {k: v for k, v in yaml.safe_load((CONF / "train.yaml").read_text()).items()
+           if k not in ("defaults", "hydra")}
+    fields = {f.name: f.default for f in dataclasses.fields(TrainSettings)
+              if f.default is not dataclasses.MISSING}
+    assert top == fields
+    with pytest.raises(SettingsError) as info:
+        TrainSettings.from_dict({"model": {"name": "patchnet"}, "data": {"root": "x"}, "logger": "wandb"})
+    assert info.value.param == "logger"
+
+
 def _compose(compose, tool, over):
     return tool.to_plain(compose("train", overrides=over))
 
