@@ -118,10 +118,15 @@ def resolve_precision(name: str | Precision, device: torch.device | str) -> Prec
 # torch >= 2.9 spells them backend by backend (`fp32_precision` = "ieee" | "tf32" | ...) and
 # refuses to mix that with the legacy allow_tf32 flags, so only one of the two is ever touched.
 
+REPORTED = ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv")
+
+
 def _new_api_leaves() -> dict:
+    """The float32-math switches of matrix products and convolutions in the new API; {} on a
+    torch without it. While they differ from PyTorch's defaults, PyTorch refuses to read the
+    legacy `torch.backends.cudnn.allow_tf32` (it sees mixed APIs): read float32_math_state."""
     b = torch.backends
-    leaves = {"cuda.matmul": getattr(b.cuda, "matmul", None), "cudnn.conv": getattr(b.cudnn, "conv", None),
-              "mkldnn.matmul": getattr(b.mkldnn, "matmul", None), "mkldnn.conv": getattr(b.mkldnn, "conv", None)}
+    leaves = {key: getattr(getattr(b, key.split(".")[0]), key.split(".")[1], None) for key in REPORTED}
     if any(v is None or not hasattr(v, "fp32_precision") for v in leaves.values()):
         return {}
     return leaves
@@ -132,7 +137,7 @@ def float32_math_state() -> dict:
     ``tf32``: whether any CUDA float32 path may use TF32. Recorded in every results file."""
     leaves = _new_api_leaves()
     if leaves:
-        state = {k: _effective(k) for k in leaves}
+        state = {k: _effective(k) for k in REPORTED}
         state["tf32"] = "tf32" in (state["cuda.matmul"], state["cudnn.conv"])
         return state
     matmul = torch.backends.cuda.matmul.allow_tf32
