@@ -3,6 +3,7 @@ patches), a builder by name, a full-scan validator and normalisation statistics.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from .voc import VOCDataset
 __all__ = [
     "SegmentationDataset", "FolderDataset", "VOCDataset", "CityscapesDataset", "ADE20KDataset",
     "PatchFolderDataset", "DATASETS", "dataset_class", "build_dataset", "validate_dataset", "DatasetReport",
-    "compute_mean_std", "ScanCache", "validate_splits",
+    "compute_mean_std", "ScanCache",
 ]
 
 # kind -> class; each class's ``task`` says what training makes of it: "segmentation" (images
@@ -43,11 +44,16 @@ def dataset_class(kind: str) -> type:
     return DATASETS[kind]
 
 
-def build_dataset(kind: str, root: str | os.PathLike, split: str, **kw: Any):
+def build_dataset(kind: str, root: str | os.PathLike, split: str, *, scan_cache: ScanCache | None = None,
+                  **kw: Any):
     """``kind`` in ``DATASETS``; extra keywords go to the class (``transform`` for all; ``num_classes``,
     ``in_channels``, ``class_names``, ``mean``, ``std``, ``palette``, ``ignore_index`` for ``folder``;
-    ``patch_size``, ``in_channels``, ``class_names``, ``mean``, ``std`` for ``patches``)."""
+    ``patch_size``, ``in_channels``, ``class_names``, ``mean``, ``std`` for ``patches``).
+    ``scan_cache`` goes to the layouts that read files while they are built (``folder``
+    counts the classes in the masks when it is given no class count)."""
     cls = dataset_class(kind)
+    if scan_cache is not None and "scan_cache" in inspect.signature(cls).parameters:
+        kw["scan_cache"] = scan_cache
     try:
         return cls(root, split, **kw)
     except TypeError as e:
@@ -83,15 +89,15 @@ def scan_settings(ds: SegmentationDataset) -> str:
 
 
 def validate_dataset(ds: SegmentationDataset, check_all: bool = True, max_reported: int = 20,
-                     cache: ScanCache | None = None, progress: bool = False) -> DatasetReport:
+                     cache: ScanCache | None = None, progress: bool | None = None) -> DatasetReport:
     """Decode every sample (or the first 8 with ``check_all=False``) and check it.
 
     Finds missing masks, unreadable/truncated/non-image files, image/mask size mismatches and labels
     outside ``[0, num_classes)`` other than ``ignore_index``; all problems are gathered and raised
     together as one :class:`DatasetError` that names each file and its fix. Transforms are not applied.
-    Samples are decoded in a thread pool; ``progress`` shows a progress bar on stderr. With a
-    :class:`fcnseg.data.scan.ScanCache`, samples whose files and settings are unchanged since the
-    cache recorded them are not decoded again (the caller saves the cache).
+    Samples are decoded in a thread pool; ``progress`` shows a progress bar on stderr (None: as
+    the cache says). With a :class:`fcnseg.data.scan.ScanCache`, samples whose files and settings
+    are unchanged since the cache recorded them are not decoded again (the cache's owner saves it).
     """
     n = len(ds)
     if n == 0:
@@ -121,19 +127,6 @@ def validate_dataset(ds: SegmentationDataset, check_all: bool = True, max_report
         np.add.at(counts, np.asarray(r["labels"], np.int64), np.asarray(r["pixels"], np.int64))
     return DatasetReport(num_samples=n, checked=len(indices), class_pixels=counts[: ds.num_classes].copy(),
                          ignore_pixels=int(counts[ds.ignore_index]), image_sizes=sizes)
-
-
-def validate_splits(splits: list[SegmentationDataset], root: str | os.PathLike, progress: bool = True,
-                    save: bool = True) -> list[DatasetReport]:
-    """:func:`validate_dataset` of each split with the scan cache of the data ``root``
-    (:class:`fcnseg.data.scan.ScanCache`), saved afterwards when ``save`` (also when a file
-    was bad: what decoded well is kept)."""
-    cache = ScanCache(root)
-    try:
-        return [validate_dataset(ds, cache=cache, progress=progress) for ds in splits]
-    finally:
-        if save:
-            cache.save()
 
 
 def compute_mean_std(ds: SegmentationDataset, max_samples: int | None = None) -> tuple[list[float], list[float]]:

@@ -9,8 +9,10 @@
       val/...
 
 Every value not given as an argument comes from classes.json, then from the data: the class
-count from the largest label in the masks of every split, the channel count from the first image
-(RGBA counts as RGB), the normalisation from :func:`fcnseg.data.base.default_mean_std`.
+count from the largest label in the masks of every split (with a ``scan_cache``,
+:class:`fcnseg.data.scan.ScanCache`, only the masks it does not know are read), the channel
+count from the first image (RGBA counts as RGB), the normalisation from
+:func:`fcnseg.data.base.default_mean_std`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import numpy as np
 from .base import Sample, SegmentationDataset, check_masks_exist, require_dir
 from .errors import DatasetError
 from .io import IMAGE_EXTENSIONS, read_image, read_mask
+from .scan import ScanCache, scan
 
 CLASSES_FILE = "classes.json"
 _KNOWN_KEYS = {"names", "palette", "mean", "std", "in_channels", "ignore_index", "num_classes"}
@@ -51,16 +54,16 @@ def list_images(directory: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def infer_num_classes(root: Path, ignore_index: int = 255) -> int:
-    """Largest label in the masks of every split under ``root``, plus one (reads every mask once)."""
-    top = -1
+def infer_num_classes(root: Path, ignore_index: int = 255, cache: ScanCache | None = None) -> int:
+    """Largest label in the masks of every split under ``root``, plus one (reads every mask
+    once; with a scan cache, only the masks it does not know)."""
     paths = sorted(root.glob("*/masks/*.png"))
-    for p in paths:
-        m = read_mask(p)
-        labels = np.unique(m)
-        labels = labels[labels != ignore_index]
-        if labels.size:
-            top = max(top, int(labels.max()))
+    labels, problems = scan([(p,) for p in paths], lambda j: np.unique(read_mask(paths[j])).tolist(),
+                            settings="mask labels", cache=cache, desc=f"scan {root} (class count)")
+    if problems:
+        raise DatasetError("\n".join(problems[:20]) + (f"\n... and {len(problems) - 20} more"
+                                                      if len(problems) > 20 else ""))
+    top = max((v for found in labels for v in found if v != ignore_index), default=-1)
     if top < 0:
         raise DatasetError(f"{root}: cannot infer the class count, no labelled mask pixels under */masks/; "
                            f"pass num_classes or write {root / CLASSES_FILE} with the class names")
@@ -80,6 +83,7 @@ class FolderDataset(SegmentationDataset):
         std: Sequence[float] | None = None,
         palette: Sequence[Sequence[int]] | None = None,
         ignore_index: int | None = None,
+        scan_cache: ScanCache | None = None,
     ):
         root = Path(root).expanduser()
         require_dir(root, "dataset root", "point root at the folder that holds train/ and val/")
@@ -115,7 +119,7 @@ class FolderDataset(SegmentationDataset):
         ignore = int(ignore_index if ignore_index is not None else meta.get("ignore_index", 255))
         k = num_classes if num_classes is not None else meta.get("num_classes")
         if k is None:
-            k = len(names) if names is not None else infer_num_classes(root, ignore)
+            k = len(names) if names is not None else infer_num_classes(root, ignore, scan_cache)
         if names is not None and len(names) != k:
             source = "class_names" if class_names is not None else str(root / CLASSES_FILE)
             raise DatasetError(f"{source} lists {len(names)} class names but num_classes is {k}; "

@@ -54,13 +54,23 @@ class ScanCache:
     (or the file ``fallback`` when the root is read-only; default: one per root in the
     user's cache directory)."""
 
-    def __init__(self, root: str | os.PathLike, fallback: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike, fallback: str | os.PathLike | None = None, *,
+                 progress: bool = False, save: bool = True):
+        self.progress = progress  # scans with this cache show a progress bar (stderr)
+        self.save_on_exit = save  # ``with ScanCache(...)`` saves at the end (also after an error)
         self.root = Path(root).expanduser()
         self.fallback = Path(fallback) if fallback is not None else user_cache_file(self.root)
         self.entries: dict[str, dict[str, Any]] = {}
         for path in reversed(self.candidates()):  # the root's file wins over the fallback's
             self.entries.update(self._read(path))
         self.changed = False
+
+    def __enter__(self) -> "ScanCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.save_on_exit:
+            self.save()  # what decoded well is kept even when another file was bad
 
     def candidates(self) -> list[Path]:
         """Where the cache may live, in order of preference."""
@@ -130,11 +140,14 @@ class ScanCache:
 
 
 def scan(files: Sequence[Sequence[Path]], decode: Callable[[int], Any], *, settings: str = "",
-         cache: ScanCache | None = None, desc: str = "scan", progress: bool = False,
+         cache: ScanCache | None = None, desc: str = "scan", progress: bool | None = None,
          threads: int | None = None) -> tuple[list[Any], list[str]]:
     """``decode(i)`` for every item i whose ``files[i]`` have no valid cache entry, in a
-    thread pool, with a progress bar (stderr, ETA) when ``progress``. Returns (results in
-    item order, None for an item that failed; the messages of the DatasetErrors raised)."""
+    thread pool, with a progress bar (stderr, ETA) when ``progress`` (None: the cache's
+    setting). Returns (results in item order, None for an item that failed; the messages of
+    the DatasetErrors raised)."""
+    if progress is None:
+        progress = cache is not None and cache.progress
     results: list[Any] = [None] * len(files)
     todo = []
     for i, fs in enumerate(files):

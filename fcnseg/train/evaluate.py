@@ -133,7 +133,7 @@ def evaluate_checkpoint(settings, out_dir) -> dict:
     confusion matrix of a patch classifier; images with label masks give mIoU, per-class IoU
     and pixel accuracy of the dense net at stride 1, as the training run's validation does."""
     from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.data import build_dataset, dataset_class, validate_splits
+    from fcnseg.data import ScanCache, build_dataset, dataset_class, validate_dataset
     from fcnseg.dense import densify
     from fcnseg.train import report
     from fcnseg.train.cost import memory_limit_bytes
@@ -158,8 +158,10 @@ def evaluate_checkpoint(settings, out_dir) -> dict:
                            in_channels=info["in_channels"], class_names=info["class_names"],
                            mean=info["mean"], std=info["std"])
     else:
-        ds = build_dataset(data.kind, data.root, settings.split, **kw)
-        validate_splits([ds], data.root)  # what the training run's scan recorded is not decoded again
+        # what the training run's scan recorded is not decoded again
+        with ScanCache(data.root, progress=True) as cache:
+            ds = build_dataset(data.kind, data.root, settings.split, scan_cache=cache, **kw)
+            validate_dataset(ds, cache=cache)
         ds.mean, ds.std = list(info["mean"]), list(info["std"])  # the training normalisation
     if (ds.num_classes, ds.in_channels) != (info["num_classes"], info["in_channels"]):
         raise TrainingError(f"{settings.checkpoint} classifies {info['num_classes']} classes of "

@@ -15,7 +15,7 @@ import time
 import torch
 
 from fcnseg import runtime
-from fcnseg.data import build_dataset, build_transform, validate_splits
+from fcnseg.data import ScanCache, build_dataset, build_transform, validate_dataset
 from fcnseg.dense import freeze_batchnorm
 from fcnseg.train import cost, report
 from fcnseg.train.errors import TrainingError
@@ -35,14 +35,15 @@ def build_datasets(data, aug, env=None):
     know; in a torchrun job rank 0 scans and writes the cache while the others wait, then
     they read it (a file rank 0 could not read they decode themselves, to fail alike)."""
     kw = {k: v for k, v in data.options.items() if v is not None}
-    train = build_dataset(data.kind, data.root, data.train_split,
-                          transform=build_transform(dataclasses.asdict(aug)), **kw)
-    val = build_dataset(data.kind, data.root, data.val_split, **kw)
     main = env is None or env.main
-    # clear errors (file + fix) for missing masks, bad labels, size mismatches, empty
-    # splits, unreadable images: before the first step, not an hour into the run
-    with _main_rank_first(env):
-        summary, _ = validate_splits([train, val], data.root, progress=main, save=main)
+    with _main_rank_first(env), ScanCache(data.root, progress=main, save=main) as cache:
+        train = build_dataset(data.kind, data.root, data.train_split, scan_cache=cache,
+                              transform=build_transform(dataclasses.asdict(aug)), **kw)
+        val = build_dataset(data.kind, data.root, data.val_split, scan_cache=cache, **kw)
+        # clear errors (file + fix) for missing masks, bad labels, size mismatches, empty
+        # splits, unreadable images: before the first step, not an hour into the run
+        summary = validate_dataset(train, cache=cache)
+        validate_dataset(val, cache=cache)
     if (train.num_classes, train.in_channels) != (val.num_classes, val.in_channels):
         raise TrainingError(f"train and val splits of {data.root} disagree: "
                             f"{train.num_classes} vs {val.num_classes} classes, "

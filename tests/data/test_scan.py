@@ -1,6 +1,6 @@
 """fcnseg.data.scan: the dataset scan's cache. A second scan decodes nothing, a changed,
 added or removed file costs exactly its own decode, other settings rescan, a bad file is
-never cached, and the cached report equals a fresh scan."""
+never cached, and the cached report (and class count) equals a fresh scan."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from fcnseg.data import DatasetError, FolderDataset, ScanCache, validate_dataset, validate_splits
+from fcnseg.data import DatasetError, FolderDataset, ScanCache, validate_dataset
 from fcnseg.data.scan import CACHE_NAME
 
 from helpers import save_gray
@@ -38,8 +38,8 @@ def _same(a, b):
 
 
 def _scan(root, split="train", **kw):
-    ds = FolderDataset(root, split, num_classes=4, **kw)
-    return validate_splits([ds], root)[0]
+    with ScanCache(root) as cache:
+        return validate_dataset(FolderDataset(root, split, num_classes=4, **kw), cache=cache)
 
 
 def test_second_scan_decodes_nothing_and_equals_a_fresh_scan(folder_root, decoded):
@@ -125,6 +125,7 @@ def test_unwritable_root_falls_back(folder_root, tmp_path_factory, decoded):
     cache = ScanCache(folder_root, fallback=fallback)
     validate_dataset(ds, cache=cache)
     assert cache.save() == fallback and fallback.is_file()
+    assert cache.save() is None  # nothing new to write
     decoded.clear()
     validate_dataset(ds, cache=ScanCache(folder_root, fallback=fallback))
     assert decoded == []
@@ -140,3 +141,23 @@ def test_an_unreadable_cache_is_rebuilt(folder_root, decoded):
 def test_progress_bar_on_stderr(folder_root, capsys):
     validate_dataset(FolderDataset(folder_root, "train", num_classes=4), progress=True)
     assert "scan" in capsys.readouterr().err
+
+
+def test_class_count_from_the_masks_reads_each_mask_once(folder_root, monkeypatch):
+    import fcnseg.data.folder as folder
+    read = []
+    read_mask = folder.read_mask
+    monkeypatch.setattr(folder, "read_mask", lambda p: read.append(p.name) or read_mask(p))
+    fresh = FolderDataset(folder_root, "train").num_classes  # no cache
+    read.clear()
+    with ScanCache(folder_root) as cache:
+        assert FolderDataset(folder_root, "train", scan_cache=cache).num_classes == fresh
+    assert len(read) == 5  # three train masks and two val masks
+    read.clear()
+    with ScanCache(folder_root) as cache:
+        assert FolderDataset(folder_root, "val", scan_cache=cache).num_classes == fresh
+    assert read == []
+    save_gray(folder_root / "val/masks/s1.png", np.full((12, 10), 6, np.uint8))
+    with ScanCache(folder_root) as cache:
+        assert FolderDataset(folder_root, "train", scan_cache=cache).num_classes == 7
+    assert read == ["s1.png"]
