@@ -156,3 +156,40 @@ def test_validation_within_the_memory_limit_is_tiled_to_the_untiled_numbers(scen
         data=DataSettings(kind="folder", root=str(scenes), options={"num_classes": 3})), tmp_path)
     assert [untiled[k] for k in ("miou", "pixel_acc")] == [final[k] for k in ("miou", "pixel_acc")]
     assert untiled["per_class_iou"] == pytest.approx(final["per_class_iou"], abs=0, nan_ok=True)
+
+
+def _scan_worker(rank, world, port, root, out):
+    import os
+
+    import torch.distributed as dist
+
+    from fcnseg.data import FolderDataset
+    from fcnseg.runtime import DistEnv
+    from fcnseg.train.segmentation import build_datasets
+    from fcnseg.train.settings import AugSettings, DataSettings
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    decoded = []
+    load = FolderDataset.load
+    FolderDataset.load = lambda self, i: decoded.append(i) or load(self, i)
+    _, _, counts = build_datasets(DataSettings.from_dict({"kind": "folder", "root": root}), AugSettings(),
+                                  DistEnv(rank, world, rank))
+    torch.save({"decoded": len(decoded), "counts": torch.as_tensor(counts)}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two fresh interpreters: ~10-30 s on 2 shared cores
+def test_ranks_scan_the_data_once(tmp_path):
+    """Rank 0 decodes every sample and writes the scan cache; rank 1 waits and decodes none."""
+    import socket
+
+    import torch.multiprocessing as mp
+    root = make_scenes(tmp_path / "s", n_train=3, n_val=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_scan_worker, args=(2, port, str(root), str(tmp_path / "scan")), nprocs=2)
+    first, second = (torch.load(tmp_path / f"scan.{r}", weights_only=True) for r in (0, 1))
+    assert first["decoded"] == 5 and second["decoded"] == 0
+    assert torch.equal(first["counts"], second["counts"])
