@@ -156,8 +156,9 @@ def scan(files: Sequence[Sequence[Path]], decode: Callable[[int], Any], *, setti
             todo.append(i)
         else:
             results[i] = hit
-    if cache is not None and len(todo) < len(files):
-        logger.info(f"{desc}: {len(files) - len(todo)} of {len(files)} files known from the scan cache")
+    if cache is not None and len(todo) < len(files):  # told where the bar would show (rank 0)
+        logger.log(logging.INFO if progress else logging.DEBUG,
+                   f"{desc}: {len(files) - len(todo)} of {len(files)} samples known from the scan cache")
     problems: list[str] = []
 
     def run(i):
