@@ -308,8 +308,9 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
     from its ``pad_mode``/``pad_value`` unless given). image: a normalised tensor
     (C, H, W) or a raw array (H, W, C) with ``transform``. tile_size: the largest tile side in
     image pixels, rounded down to a multiple of the output stride (None/<=0: one tile).
-    region: (top, left, height, width) to predict only part of the image. scores_out: an array (K, rows, cols) (e.g. a float16 memmap) to
-    write scores into instead of holding them in memory. label_channels: label with the
+    region: (top, left, height, width) to predict only part of the image. scores_out: an
+    array (K, rows, cols) (e.g. a float16 memmap) to write scores into instead of holding them
+    in memory. label_channels: label with the
     argmax of the first label_channels scores only (several heads' scores concatenated).
     """
     mode, value = dense_padding(dense, pad_mode, pad_value)
