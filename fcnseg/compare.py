@@ -2,7 +2,7 @@
 
     result = fcnseg.compare_dense(fcnseg.densify(model), model, x)    # every output pixel
     result.max_rel <= 1e-9                                              # float64: exact
-    fcnseg.compare_dense(dense, model, x, pixels=fcnseg.sample_pixels(h, w, s, 500))
+    fcnseg.compare_dense(dense, model, x, pixels=fcnseg.random_grid_pixels(h, w, s, 500))
 
 The one comparator of the project: the tests, tools/verify.py and the inference check
 (`check=true`) all call it.
@@ -41,7 +41,7 @@ def grid_pixels(h: int, w: int, output_stride=1) -> torch.Tensor:
     return grid
 
 
-def sample_pixels(h: int, w: int, output_stride=1, count: int = 500, seed: int = 0) -> torch.Tensor:
+def random_grid_pixels(h: int, w: int, output_stride=1, count: int = 500, seed: int = 0) -> torch.Tensor:
     """Boolean (H, W) mask: `count` random grid pixels, plus every pixel of the grid's first and
     last rows and columns (where padding matters most)."""
     s = as_pair(output_stride)
@@ -109,4 +109,4 @@ def compare_dense(dense, model, x: torch.Tensor, pixels=None, *, dense_scores=No
     return Comparison(max_abs, max_rel, len(idx), agree, differ, t_dense, t_patch)
 
 
-__all__ = ["Comparison", "compare_dense", "grid_pixels", "sample_pixels"]
+__all__ = ["Comparison", "compare_dense", "grid_pixels", "random_grid_pixels"]

@@ -194,7 +194,7 @@ def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str
                            conv.unsafe, conv.num_classes, tail, conv.tail_inputs, options, precision)
 
 
-def geometry(model: nn.Module, patch_size=None, *, in_channels: int | None = None, output_stride=1) -> Geometry:
+def geometry_of(model: nn.Module, patch_size=None, *, in_channels: int | None = None, output_stride=1) -> Geometry:
     """Receptive field, strides, FLOPs of one patch and dense FLOPs per pixel (docs/algorithm.md, "Cost model")."""
     return densify(model, patch_size, in_channels=in_channels, output_stride=output_stride,
                    optimize=False).geometry

@@ -4,7 +4,7 @@
   per-node bookkeeping; docs/algorithm.md, "The output stride grid").
 - `LayerGeometry`: one layer's row of the cost table.
 - `Geometry`: what a whole conversion costs and sees: receptive field, strides, FLOPs
-  (docs/algorithm.md, "Cost model"); `fcnseg.geometry(model)` returns it.
+  (docs/algorithm.md, "Cost model"); `fcnseg.geometry_of(model)` returns it.
 """
 from __future__ import annotations
 

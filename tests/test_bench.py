@@ -12,7 +12,7 @@ from fcnseg.bench.methods import (
     ShiftAndStitch,
     hand_convert,
     patch_batch_size,
-    sample_pixels,
+    random_pixel_coords,
 )
 
 
@@ -48,10 +48,10 @@ def test_hand_conversion_refuses_what_stock_layers_cannot_do():
 
 
 def test_sampling_helpers():
-    pix = sample_pixels(7, 5, 20, seed=1)
+    pix = random_pixel_coords(7, 5, 20, seed=1)
     assert pix.shape == (20, 2) and len({tuple(p) for p in pix.tolist()}) == 20
     assert pix[:, 0].max() < 7 and pix[:, 1].max() < 5
-    assert sample_pixels(3, 3, 100).shape == (9, 2)                      # never more than the image
+    assert random_pixel_coords(3, 3, 100).shape == (9, 2)                      # never more than the image
     assert patch_batch_size((95, 95), 1) == 256 and patch_batch_size((404, 404), 3) < 64
     assert patch_batch_size((95, 95), 1, "cpu", tiny_membrane()) == 256      # the probe is for CUDA only
 
@@ -82,8 +82,8 @@ def test_quick_run_writes_consistent_results(tmp_path):
     assert "Where the time goes" in text
 
 
-def test_sample_pixels_on_the_output_grid():
-    pix = sample_pixels(20, 17, 1000, seed=0, stride=8)                  # grid 3 x 3
+def test_random_pixel_coords_on_the_output_grid():
+    pix = random_pixel_coords(20, 17, 1000, seed=0, stride=8)                  # grid 3 x 3
     assert len(pix) == 9 and (pix % 8 == 0).all() and pix[:, 0].max() == 16 and pix[:, 1].max() == 16
 
 

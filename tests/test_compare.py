@@ -77,8 +77,8 @@ def test_given_dense_scores_and_off_grid_pixels():
         fcnseg.compare_dense(dense, model, x, torch.tensor([[3, 4]]))
 
 
-def test_sample_pixels_cover_the_grid_border():
-    mask = fcnseg.sample_pixels(20, 17, 3, count=5, seed=1)
+def test_random_grid_pixels_cover_the_grid_border():
+    mask = fcnseg.random_grid_pixels(20, 17, 3, count=5, seed=1)
     grid = fcnseg.grid_pixels(20, 17, 3)
     assert not (mask & ~grid).any()                              # only pixels the dense net computes
     assert mask[0, ::3].all() and mask[::3, 0].all() and mask[18, ::3].all() and mask[::3, 15].all()

@@ -4,7 +4,7 @@ from helpers import K, lecture_net
 
 
 def test_lecture_net_geometry():
-    g = fcnseg.geometry(lecture_net(), 15)
+    g = fcnseg.geometry_of(lecture_net(), 15)
     assert g.receptive_field == (15, 15)
     assert g.total_stride == (6, 6)
     assert [l.cum_stride[0] for l in g.layers] == [1, 2, 2, 6, 6]
@@ -19,8 +19,8 @@ def test_lecture_net_geometry():
 
 
 def test_output_stride_costs_less_per_pixel():
-    g1 = fcnseg.geometry(lecture_net(), 15)
-    g6 = fcnseg.geometry(lecture_net(), 15, output_stride=6)
+    g1 = fcnseg.geometry_of(lecture_net(), 15)
+    g6 = fcnseg.geometry_of(lecture_net(), 15, output_stride=6)
     # at output stride 6 each output pixel owns 36 positions of conv1, 9 of pool1/conv2, 1 of the rest
     per_pos = [2 * 3 * 4 * 4, 4 * 4, 2 * 4 * 4 * 5, 9 * 5, 2 * 5 * 4 * K]
     assert g6.flops_dense_per_pixel == 36 * per_pos[0] + 9 * (per_pos[1] + per_pos[2]) + per_pos[3] + per_pos[4]

@@ -1,4 +1,5 @@
 """`import fcnseg` gives the whole public API that docs/api.md lists, without importing the heavy parts."""
+import os
 import re
 import subprocess
 import sys
@@ -118,3 +119,84 @@ def test_a_missing_package_under_another_is_named_too(monkeypatch):
     with pytest.raises(MissingExtraError, match=r"fcnseg\[tensorboard\]") as info:
         require("torch.utils.tensorboard", "logger=tensorboard")
     assert info.value.name == "tensorboard"
+
+
+def test_no_other_module_defines_these_helpers():
+    """One home per concern: each runtime helper, and the palette, is defined in its own module only."""
+    root = os.path.dirname(fcnseg.__file__)
+    homes = {"def pick_device": "runtime/device.py", "def dist_env": "runtime/device.py",
+             "init_process_group(": "runtime/device.py", "torch.autocast(": "runtime/precision.py",
+             "def seed_all": "runtime/seeding.py", "def rng_state": "runtime/seeding.py",
+             "def atomic_path": "runtime/files.py", "os.replace(": "runtime/files.py",
+             "def default_palette": "data/palette.py", "def colorize": "data/palette.py"}
+    found = []
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            path = os.path.join(dirpath, f)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            if f.endswith(".py"):
+                text = open(path, encoding="utf-8").read()
+                found += [(rel, n) for n, home in homes.items() if n in text and rel != home]
+    assert not found, f"helpers re-implemented outside their home module: {found}"
+
+
+def _fcnseg_import_graph():
+    """{module: the fcnseg modules it imports}, read from the source (imports inside functions too)."""
+    import ast
+    root = Path(fcnseg.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            for t in targets:
+                while t and t not in modules:
+                    t = t.rpartition(".")[0]
+                if t.startswith("fcnseg") and t != name:
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def test_the_import_graph_has_no_cycle_and_no_arrow_back_up():
+    """Data flows downhill: no module imports the package it sits in (or an ancestor), and no
+    chain of imports comes back to where it started."""
+    graph = _fcnseg_import_graph()
+    upward = sorted((m, d) for m, deps in graph.items() for d in deps if m.startswith(d + "."))
+    assert not upward, f"modules importing an enclosing package: {upward}"
+    state, cycles = {}, []
+
+    def visit(m, stack):
+        state[m] = "open"
+        for d in sorted(graph[m]):
+            if state.get(d) == "open":
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack + [d])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_module_is_over_450_lines():
+    root = Path(fcnseg.__file__).parent
+    long = {str(p.relative_to(root)): n for p in root.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}
+    assert not long, f"split these modules by concern: {long}"

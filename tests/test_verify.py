@@ -80,7 +80,7 @@ def test_verify_reports_fail_with_impossible_tolerance(capsys):
 def test_verify_every_zoo_name(name):
     c = 1 if name in ("lenet5", "membrane_net") else 3
     probe = zoo.create(name, num_classes=7, in_channels=c, width_mult=0.0625)
-    s = fcnseg.geometry(probe).total_stride[0]
+    s = fcnseg.geometry_of(probe).total_stride[0]
     cfg = _cfg(f"model={name}", f"in_channels={c}", "width_mult=0.0625", f"output_stride={s}",
                f"size=[{s + 1},{s + 1}]", "pixels=all")
     assert _tool().verify(cfg)

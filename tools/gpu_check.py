@@ -72,7 +72,7 @@ def check_equivalence_all(device, quick: bool) -> dict:
     for spec in nets(quick):
         x = torch.randn(1 if quick else 2, 3, *spec["size"], generator=torch.Generator().manual_seed(1))
         h, w = spec["size"]
-        pixels = fcnseg.sample_pixels(h, w, spec["stride"], 24 if quick else 64, seed=0)
+        pixels = fcnseg.random_grid_pixels(h, w, spec["stride"], 24 if quick else 64, seed=0)
         for mode in modes:
             t0 = time.perf_counter()
             r = check_equivalence(spec["model"], x, mode, device, patch_size=spec["patch"],

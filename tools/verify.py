@@ -111,7 +111,7 @@ def verify(cfg) -> bool:
           f"receptive field {geo.receptive_field}, {geo.num_classes} classes, FLOP ratio {geo.flop_ratio:.0f}x")
     # sampled: random pixels of the output grid plus its first and last rows and columns
     pixels = fcnseg.grid_pixels(h, w, s) if cfg.pixels == "all" else \
-        fcnseg.sample_pixels(h, w, s, cfg.sample, seed=cfg.seed)
+        fcnseg.random_grid_pixels(h, w, s, cfg.sample, seed=cfg.seed)
     with torch.inference_mode():
         if p.exact:
             with precision_context("fp32", x.device):

@@ -59,7 +59,7 @@ def row(name: str) -> str:
     try:
         model = zoo.create(name, num_classes=1000).eval()
         p = model.patch_size
-        g = fcnseg.geometry(model, p)
+        g = fcnseg.geometry_of(model, p)
         geo = (f"{g.receptive_field[0]} | {g.total_stride[0]} | {sum(t.numel() for t in model.parameters()):,} | "
                f"{g.flops_patch / 1e9:.2f} | {g.flops_dense_per_pixel / 1e6:.2f} | {g.flop_ratio:.0f}x")
     except fcnseg.ConversionError as e:

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils._pytree import tree_leaves
 
-import fcnseg
-from fcnseg.patch import pixel_index
+from fcnseg.compare import compare_dense, grid_pixels
+from fcnseg.dense import densify
+from fcnseg.patch import crop_patches, pixel_index
 from fcnseg.runtime.precision import precision_context
 
 EXACT_FP64 = 1e-9          # relative, float64
@@ -61,17 +62,17 @@ def check_equivalence(model, x, mode: str, device, *, patch_size=None, output_st
     reference = copy.deepcopy(model).double().cpu().eval()
     net = copy.deepcopy(model).to(device, dtype).eval()
     patch = patch_size or getattr(model, "patch_size", None)
-    dense = fcnseg.densify(net, patch, output_stride=output_stride, precision=precision)
+    dense = densify(net, patch, output_stride=output_stride, precision=precision)
     n, _, h, w = x.shape
     s = output_stride
-    idx = pixel_index(fcnseg.grid_pixels(h, w, s) if pixels is None else pixels, h, w)
+    idx = pixel_index(grid_pixels(h, w, s) if pixels is None else pixels, h, w)
     xd = x.to(device, dtype)
     with torch.no_grad():
         out = dense(xd)
     got = [t[:, :, idx[:, 0] // s, idx[:, 1] // s].double().cpu() for t in _leaves(out)]
     x64 = x.double().cpu()
     with precision_context("fp32", "cpu"):
-        cmp = fcnseg.compare_dense(dense, reference, x64, idx, dense_scores=got if len(got) > 1 else got[0],
+        cmp = compare_dense(dense, reference, x64, idx, dense_scores=got if len(got) > 1 else got[0],
                                    patch_size=dense.patch_size)
     grad_rel = grad_cos = None
     if gradients:
@@ -101,7 +102,7 @@ def _gradient_errors(reference, net, dense, x64, xd, idx, s):
     xr = x64.clone().requires_grad_(True)
     reference.zero_grad()
     n = xr.shape[0]
-    crops = fcnseg.crop_patches(xr, idx, dense.patch_size, pad_mode=dense.pad_mode, pad_value=dense.pad_value)
+    crops = crop_patches(xr, idx, dense.patch_size, pad_mode=dense.pad_mode, pad_value=dense.pad_value)
     ref_outs = _leaves(reference(crops))
     ref_loss = sum((t.reshape(n, len(idx), -1).transpose(1, 2) * w).sum() for t, w in zip(ref_outs, weights))
     ref_loss.backward()

@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fcnseg
 from fcnseg import zoo
-from fcnseg.ops import as_pair
+from fcnseg.dense import densify, freeze_batchnorm, geometry_of
+from fcnseg.ops import as_pair, pad_image
+from fcnseg.patch import crop_patches
 
 POINTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Dropout, nn.Identity,
              nn.BatchNorm2d, nn.BatchNorm1d, nn.Softmax, nn.LogSoftmax,
@@ -35,7 +36,7 @@ def build_network(name: str, width: float) -> tuple[nn.Module, int, str]:
     if name == "membrane95":
         return zoo.spec("membrane_net").build(2, 1, width).eval(), 1, "fcnseg.zoo 'membrane_net'"
     model = zoo.create(name, num_classes=2, in_channels=3, width_mult=width, padding="valid")
-    fcnseg.freeze_batchnorm(model)
+    freeze_batchnorm(model)
     return model.eval(), 3, "fcnseg.zoo"
 
 
@@ -47,9 +48,9 @@ def channels_last_copy(model: nn.Module) -> nn.Module:
 
 
 def dense_networks(model: nn.Module, output_stride: int = 1) -> dict[str, nn.Module]:
-    """{'densify': the default fcnseg.densify network, 'densify_plain': optimize=False}."""
-    return {"densify": fcnseg.densify(model, output_stride=output_stride),
-            "densify_plain": fcnseg.densify(model, output_stride=output_stride, optimize=False)}
+    """{'densify': the default densify network, 'densify_plain': optimize=False}."""
+    return {"densify": densify(model, output_stride=output_stride),
+            "densify_plain": densify(model, output_stride=output_stride, optimize=False)}
 
 
 # ---- hand conversion --------------------------------------------------------------------------
@@ -149,9 +150,9 @@ class ShiftAndStitch:
     """
 
     def __init__(self, model: nn.Module):
-        stride = fcnseg.geometry(model).total_stride
+        stride = geometry_of(model).total_stride
         self.s = stride
-        self.fcn = fcnseg.densify(model, output_stride=stride)
+        self.fcn = densify(model, output_stride=stride)
 
     @property
     def shifts(self) -> list[tuple[int, int]]:
@@ -206,7 +207,7 @@ def patch_batch_size(patch_size, in_channels, device="cpu", model: nn.Module | N
     return int(max(probe, min(PATCH_BATCH_CAP["cuda"], 2 ** math.floor(math.log2(max(1.0, fit))))))
 
 
-def sample_pixels(h: int, w: int, n: int, seed: int = 0, stride: int = 1) -> torch.Tensor:
+def random_pixel_coords(h: int, w: int, n: int, seed: int = 0, stride: int = 1) -> torch.Tensor:
     """(n, 2) distinct random (row, col) image pixels on the output grid of the given stride
     (rows and cols multiples of it): the pixels a dense network of that output stride scores."""
     gh, gw = -(-h // stride), -(-w // stride)
@@ -226,9 +227,9 @@ def dense_train_step(dense, model, x, pixels, target):
 def patch_train_step(model, x, pixels, target, batch_size):
     """The same loss summed over the same pixels' patches, batch by batch (gradients accumulate)."""
     p = model.patch_size
-    xp = fcnseg.ops.pad_image(x, p)
+    xp = pad_image(x, p)
     for i in range(0, len(pixels), batch_size):
         chunk = pixels[i : i + batch_size]
-        scores = model(fcnseg.crop_patches(x, chunk, p, padded=xp)).reshape(len(chunk), -1)
+        scores = model(crop_patches(x, chunk, p, padded=xp)).reshape(len(chunk), -1)
         F.cross_entropy(scores, target[i : i + batch_size], reduction="sum").backward()
     model.zero_grad(set_to_none=True)

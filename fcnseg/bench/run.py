@@ -25,8 +25,10 @@ from pathlib import Path
 
 import torch
 
-import fcnseg
 from fcnseg import runtime
+from fcnseg.convert.options import Optimizations
+from fcnseg.dense import densify
+from fcnseg.patch import patchwise
 from fcnseg.runtime.precision import cpu_native_bf16, float32_math_state, precision_context
 from fcnseg.settings import build_section
 
@@ -42,7 +44,7 @@ from .methods import (
     hand_convert,
     patch_batch_size,
     patch_train_step,
-    sample_pixels,
+    random_pixel_coords,
 )
 from .plot import write_plot
 from .profile import profile_dense
@@ -127,11 +129,11 @@ def bench_patch(models, x, ref, stride, cfg, timer) -> dict:
     out = {}
     for key, model in models.items():
         bs = patch_batch_size(model.patch_size, c, x.device, model)
-        all_pix = sample_pixels(side, side, output_pixels(side, stride), seed=9, stride=stride).to(x.device)
+        all_pix = random_pixel_coords(side, side, output_pixels(side, stride), seed=9, stride=stride).to(x.device)
         scores = {}
 
         def run(pix, model=model, bs=bs, scores=scores):
-            scores["out"] = fcnseg.patchwise(model, x, pixels=pix, batch_size=bs)[..., pix[:, 0], pix[:, 1]]
+            scores["out"] = patchwise(model, x, pixels=pix, batch_size=bs)[..., pix[:, 0], pix[:, 1]]
 
         pix = all_pix[:bs]
         with timer.steady():             # every timed batch runs on the heap one batch has filled
@@ -160,8 +162,8 @@ def bench_forward(model, c, side, stride, cfg, timer, device, compile_body, spec
         ref = dense(x)
         methods = dict(nets)
         if compile_body:
-            methods["densify_compiled"] = fcnseg.densify(model, output_stride=stride,
-                                                         optimize=fcnseg.Optimizations(compile=True))
+            methods["densify_compiled"] = densify(model, output_stride=stride,
+                                                         optimize=Optimizations(compile=True))
             methods["densify_compiled"](x)                   # compile outside the timing
         if stride == 1:
             try:
@@ -220,11 +222,11 @@ def bench_train(model, c, side, cfg, timer, device):
     (the faster of NCHW and channels_last)."""
     torch.manual_seed(1)
     x = torch.randn(1, c, side, side, device=device)
-    dense = fcnseg.densify(model)
+    dense = densify(model)
     geo = dense.geometry
     bs = patch_batch_size(model.patch_size, c, device, model)
     patch = {}
-    all_pix = sample_pixels(side, side, side * side, seed=2).to(device)
+    all_pix = random_pixel_coords(side, side, side * side, seed=2).to(device)
     all_tgt = torch.randint(0, geo.num_classes, (len(all_pix),), device=device)
     for key, net in (("nchw", model), ("channels_last", channels_last_copy(model))):
         # patch training costs k times one patch's forward+backward: time a sample, scale to each k
@@ -245,7 +247,7 @@ def bench_train(model, c, side, cfg, timer, device):
         k = side * side if k == "all" else k
         if k > side * side:
             continue
-        pk = sample_pixels(side, side, k, seed=3).to(device)
+        pk = random_pixel_coords(side, side, k, seed=3).to(device)
         tk = torch.randint(0, geo.num_classes, (k,), device=device)
         t_dense = timer(lambda pk=pk, tk=tk: dense_train_step(dense, model, x, pk, tk))
         rows.append({"k": k, "dense": record(t_dense),
@@ -260,7 +262,7 @@ def bench_tiling(name, side, reference_side, device, timer):
     from fcnseg.infer.runner import InferenceSettings
     from fcnseg.infer.tiling import auto_tile_size, predict_tiled
     model, c, _ = build_network(name, 1.0)
-    dense = fcnseg.densify(model.to(device))
+    dense = densify(model.to(device))
     budget = InferenceSettings.memory_mb          # the default inference budget
     tile = auto_tile_size(dense, c, budget)
     small = torch.randn(c, 256, 256, device=device)                  # tiled == untiled
@@ -280,7 +282,7 @@ def bench_tiling(name, side, reference_side, device, timer):
 def bench_profile(model, c, side, stride, repeats, device) -> dict:
     torch.manual_seed(0)
     x = torch.randn(1, c, side, side, device=device)
-    rows = profile_dense(fcnseg.densify(model, output_stride=stride), x, repeats)
+    rows = profile_dense(densify(model, output_stride=stride), x, repeats)
     return {"side": side, "output_stride": stride, "nodes": [r.as_dict() for r in rows]}
 
 

@@ -192,7 +192,7 @@ class Converter:
                 raise PatchSizeError(
                     f"for patch size {self.patch_size}{which} the classifier returns shape {shape}; a patch "
                     "classifier must return (N, K) or (N, K, 1, 1): choose the patch size that gives a 1x1 output "
-                    "(fcnseg.strip_padding and fcnseg.geometry compute it)")
+                    "(fcnseg.strip_padding and fcnseg.geometry_of compute it)")
             if geo.g != self.output_stride:
                 raise OutputStrideError(
                     f"output_stride {self.output_stride} exceeds the network's total stride {geo.d}")

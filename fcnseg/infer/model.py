@@ -30,8 +30,7 @@ from fcnseg.data.palette import resolve_palette
 
 from . import tiling
 from .outputs import to_image_size
-from .tiling import (auto_tile_size, build_window, dense_padding, forward_windows, label_dtype,
-                     plan_tiles, predict_tiled)
+from .tiling import auto_tile_size, build_window, dense_padding, forward_windows, label_dtype, plan_tiles, predict_tiled
 
 
 @dataclass
@@ -288,7 +287,8 @@ def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", outpu
 
 def _build(ckpt: dict, name: str, *, device, output_stride, channels_last, dtype, head, tile_size,
            memory_mb, batch_size, amp) -> Predictor:
-    import fcnseg
+    from fcnseg.convert.options import Optimizations
+    from fcnseg.dense import densify
 
     options = dict(device=device, output_stride=output_stride, channels_last=channels_last, dtype=dtype,
                    head=head, tile_size=tile_size, memory_mb=memory_mb, batch_size=batch_size, amp=amp)
@@ -319,9 +319,9 @@ def _build(ckpt: dict, name: str, *, device, output_stride, channels_last, dtype
             info = {**info, "head": key}
         # channels_last: 2-4x faster dilated convolutions and pooling on CPU (docs/inference.md);
         # the optimised dense network keeps every map NHWC, even after a 1-channel input
-        dense = fcnseg.densify(model, tuple(patch), output_stride=output_stride,
+        dense = densify(model, tuple(patch), output_stride=output_stride,
                                pad_mode=pad_mode, pad_value=pad_value,
-                               optimize=fcnseg.Optimizations(channels_last=bool(channels_last))).eval()
+                               optimize=Optimizations(channels_last=bool(channels_last))).eval()
     elif head is not None:
         raise ValueError(f"head={head!r}: checkpoint {name} holds an already dense network with one output")
     elif output_stride != 1:

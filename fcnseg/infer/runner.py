@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -35,8 +34,15 @@ from fcnseg.runtime.files import remove_stale_temps_in
 from . import summary as summ
 from .model import Predictor, load_predictor
 from .outputs import ScoresFile, save_labels, save_overlay, save_scores
-from .paths import (InputError, InputFile, balance_by_pixels, check_output_path, find_collisions,
-                    find_inputs, image_pixels)
+from .paths import (
+    InputError,
+    InputFile,
+    balance_by_pixels,
+    check_output_path,
+    find_collisions,
+    find_inputs,
+    image_pixels,
+)
 from .pipeline import Writer, read_ahead
 from .settings import InferenceSettings
 from .stream import file_identity, is_large, label_large_image, large_output_path, remove_leftover_work
@@ -294,7 +300,7 @@ class _Run:
     # -- check=true -------------------------------------------------------------------------
     def _check_against_patchwise(self, job: _Job) -> None:
         """Patch-by-patch reference on a small region vs the dense result there."""
-        import fcnseg
+        from fcnseg.compare import compare_dense
         t0 = time.perf_counter()
         pred = self.pred
         try:
@@ -318,7 +324,7 @@ class _Run:
             dense = d.scores.reshape(1, d.scores.shape[0], -1)  # (1, K, M), pixels in `pix` order
             # the reference follows the checkpoint's patch rule, whatever the dense network says
             with runtime.precision_context("fp32", p.device):   # the check is in IEEE fp32, always
-                result = fcnseg.compare_dense(pred.dense, pred.model, x.to(p.device, p.dtype), pix,
+                result = compare_dense(pred.dense, pred.model, x.to(p.device, p.dtype), pix,
                                               dense_scores=dense, batch_size=self.cfg.patch_batch_size,
                                               patch_size=pred.patch_size, pad_mode=pred.pad_mode,
                                               pad_value=pred.pad_value)
@@ -334,18 +340,6 @@ class _Run:
 
 
 # -- the files of this rank -----------------------------------------------------------------
-
-def _from_rank0(obj, rank: int, timeout_s: float):
-    """Rank 0's ``obj`` on every rank (an exception is re-raised everywhere)."""
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
-    box = [obj if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]
-
 
 def plan_files(cfg: InferenceSettings, out_dir: Path, rank: int, world: int):
     """(input root, this rank's files, name collisions, files of all ranks). Only rank 0 walks
@@ -367,7 +361,7 @@ def plan_files(cfg: InferenceSettings, out_dir: Path, rank: int, world: int):
         except Exception as e:
             plan = e
     if world > 1:
-        plan = _from_rank0(plan, rank, cfg.dist_timeout_s)
+        plan = runtime.broadcast_from_rank0(plan, rank, cfg.dist_timeout_s)
     elif isinstance(plan, BaseException):
         raise plan
     root, shares, clash, n_all = plan

@@ -12,8 +12,16 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from fcnseg.data.io import MAX_IMAGE_PIXELS
-from fcnseg.settings import (AUTO, SettingsError, build_section, check_auto_or_positive, check_choice,
-                             check_device, check_positive, check_precision)
+from fcnseg.settings import (
+    AUTO,
+    SettingsError,
+    build_section,
+    check_auto_or_positive,
+    check_choice,
+    check_device,
+    check_positive,
+    check_precision,
+)
 
 from .stream import LARGE_IMAGE_PIXELS
 from .summary import FORMATS as SUMMARY_FORMATS

@@ -44,7 +44,7 @@ from .precision import (
 from .seeding import configure_determinism, rng_state, seed_all, set_rng_state
 
 __all__ = [
-    "DistEnv", "ShardSampler", "all_reduce_mean", "barrier", "cleanup_distributed",
+    "DistEnv", "ShardSampler", "all_reduce_mean", "barrier", "broadcast_from_rank0", "cleanup_distributed",
     "device_memory_budget_mb", "dist_env", "unread_parameters",
     "init_distributed", "pick_device", "shard", "TMP_SUFFIX", "atomic_path", "remove_stale_temps",
     "temp_path", "write_text_atomic", "reuse_freed_memory", "reuse_host_memory", "amp_dtype",

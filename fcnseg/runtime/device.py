@@ -86,13 +86,29 @@ def cleanup_distributed(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
-def barrier(timeout_s: float | None = None) -> None:
-    """Wait for every rank of the job, joining the process group first if nothing has
-    (with gloo whatever the device: a barrier moves no tensors worth a GPU)."""
+def _join_process_group(timeout_s: float | None) -> None:
+    """Join the job's process group, with gloo, unless something already has: barriers and
+    small objects move no tensors worth a GPU."""
     if not dist.is_initialized():
         kw = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
         dist.init_process_group("gloo", **kw)
+
+
+def barrier(timeout_s: float | None = None) -> None:
+    """Wait for every rank of the job."""
+    _join_process_group(timeout_s)
     dist.barrier()
+
+
+def broadcast_from_rank0(obj, rank: int, timeout_s: float | None = None):
+    """Rank 0's picklable ``obj`` on every rank; an exception rank 0 sends is raised on every rank,
+    so the job fails together instead of waiting on a rank that has stopped."""
+    _join_process_group(timeout_s)
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
 
 
 def shard(n: int, rank: int, world_size: int) -> list[int]:

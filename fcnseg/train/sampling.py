@@ -21,7 +21,7 @@ def draw_without_replacement(weight, k, generator=None):
     return torch.topk(u.log() / weight, k).indices
 
 
-def sample_pixels(mask, fraction=1.0, balance=False, stride=1, ignore_index=255,
+def training_pixels(mask, fraction=1.0, balance=False, stride=1, ignore_index=255,
                   generator=None):
     """mask (N, H, W) long -> list of N tensors (M_n, 2) of labelled pixels.
 

@@ -22,7 +22,7 @@ from fcnseg.train.errors import TrainingError
 from fcnseg.train.evaluate import evaluate, plan_validation, predict_labels
 from fcnseg.train.loaders import collate_images, epoch_seed, seed_worker, worker_count
 from fcnseg.train.networks import build_networks, padding_of
-from fcnseg.train.sampling import gather_targets, sample_pixels
+from fcnseg.train.sampling import gather_targets, training_pixels
 from fcnseg.train.step import dense_logits, full_precision, patch_backward
 from fcnseg.train.task import Task
 
@@ -172,7 +172,7 @@ class SegmentationTask(Task):
         x, y = run.inputs(batch)
         g = torch.Generator().manual_seed(epoch_seed(trainer.seed, epoch) * 10_007 + index
                                           + 1_000_003 * env.rank)
-        pixels = sample_pixels(y, trainer.sample_fraction, trainer.balance_classes, self.stride,
+        pixels = training_pixels(y, trainer.sample_fraction, trainer.balance_classes, self.stride,
                                self.ignore_index, g)
         target = gather_targets(y, pixels)
         if target.numel() == 0:  # an all-ignore batch teaches nothing

@@ -115,7 +115,7 @@ def test_edge_maps_cost_a_small_multiple():
     # sub-window terms shared between map classes: a 2x2 conv after a pool partial on both axes
     # computes (2+1)^2 = 9 taps per position instead of 4, not 4 * 4
     model = f64(NETS["stacked_max"][0]())
-    layers = {l.name: l for l in fcnseg.geometry(model, 20).layers}
+    layers = {l.name: l for l in fcnseg.geometry_of(model, 20).layers}
     plain = 2 * 3 * 4 * 2 * 2                                   # conv2: 2x2 taps, 3 -> 4 channels
     assert layers["conv2"].flops_dense == plain * 9 / 4
 

@@ -56,7 +56,7 @@ def test_resnet_block_exact_after_strip():
     except fcnseg.PatchSizeError:
         pass
     x = torch.randn(1, 3, 21, 18, dtype=torch.float64)
-    stride = fcnseg.geometry(valid).total_stride[0]
+    stride = fcnseg.geometry_of(valid).total_stride[0]
     assert stride == 8
     check_dense(valid, x, output_stride=stride)
     check_dense(valid, x, output_stride=2)

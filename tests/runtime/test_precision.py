@@ -1,13 +1,16 @@
 """The precision rule: names resolve per device, flags are set and restored, reduced precision
 is never called exact, and the dense network under bf16 keeps its labels."""
+
 import pytest
 import torch
 
 import fcnseg
+from fcnseg import runtime
+from fcnseg.infer.tiling import forward_windows
 from fcnseg.runtime import precision as prec
 from fcnseg.settings import PRECISIONS
 
-from helpers import alexnet_like
+from helpers import alexnet_like, toy_model
 
 
 def test_every_setting_value_resolves_or_names_the_fix_on_cpu():
@@ -119,3 +122,68 @@ def test_bf16_training_step_keeps_float32_master_gradients():
     for a, b in zip(exact, fast):       # bf16 sums: the same direction, not the same bits
         assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
     assert any(((a - b).abs().max() / a.abs().max()) > 1e-6 for a, b in zip(exact, fast))  # really bf16
+
+
+def test_autocast_off_on_a_cpu_without_native_bf16(monkeypatch):
+    from fcnseg.runtime import precision
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
+    for setting in ("auto", "fp32", True, False):
+        assert runtime.amp_dtype("cpu", setting) is None
+        assert runtime.amp_dtype(torch.device("cpu"), setting) is None
+    with pytest.raises(ValueError, match="precision=fp16: .* use precision=fp32"):
+        runtime.amp_dtype("cpu", "fp16")
+
+
+@pytest.mark.parametrize("bf16, want", [(True, torch.bfloat16), (False, torch.float16)])
+def test_amp_on_cuda_prefers_bf16(monkeypatch, bf16, want):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert runtime.amp_dtype("cuda", "auto") is want
+    assert runtime.amp_dtype("cuda:1", True) is want
+    assert runtime.amp_dtype("cuda", False) is None
+
+
+def test_grad_scaler_only_for_float16():
+    assert runtime.grad_scaler("cpu", torch.float16).is_enabled()
+    assert not runtime.grad_scaler("cpu", torch.bfloat16).is_enabled()
+    assert not runtime.grad_scaler("cpu", None).is_enabled()
+
+
+def test_autocast_context():
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    with runtime.autocast("cpu", None):
+        assert (a @ b).dtype == torch.float32
+    with runtime.autocast(torch.device("cpu"), torch.bfloat16):
+        assert (a @ b).dtype == torch.bfloat16
+
+
+def test_inference_takes_its_precision_from_the_one_rule(monkeypatch):
+    """Tiled inference resolves its precision setting by the rule training uses
+    (fcnseg.runtime.precision): auto is bf16 only on a CPU with native bf16."""
+    import fcnseg
+    from fcnseg.runtime import precision
+    dense = fcnseg.densify(toy_model(num_classes=3, in_channels=1))
+    x = torch.randn(2, 1, 21, 21)
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
+    assert forward_windows(dense, x, amp="auto").dtype == torch.float32     # emulated bf16: fp32
+    assert forward_windows(dense, x, amp="bf16").dtype == torch.bfloat16    # asked for
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
+    assert forward_windows(dense, x, amp="auto").dtype == torch.bfloat16
+    assert forward_windows(dense, x, amp=True).dtype == torch.bfloat16      # the old boolean: auto
+    assert forward_windows(dense, x, amp=False).dtype == torch.float32      # IEEE fp32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_and_precision_rule_on_a_real_gpu(no_torchrun):
+    import fcnseg
+    dev = runtime.pick_device("auto")
+    assert dev == torch.device("cuda", 0)
+    want = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert runtime.amp_dtype(dev) is want
+    assert runtime.grad_scaler(dev, want).is_enabled() == (want is torch.float16)
+    env = runtime.init_distributed("auto")  # one process: selects the GPU, joins no group
+    assert env.device == dev and torch.cuda.current_device() == 0 and not env.enabled
+    dense = fcnseg.densify(toy_model(num_classes=3, in_channels=1).to(dev))
+    x = torch.randn(2, 1, 21, 21)
+    assert forward_windows(dense, x, amp=True).dtype is want
+    assert forward_windows(dense, x, amp=False).dtype == torch.float32

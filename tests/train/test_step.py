@@ -10,7 +10,7 @@ import fcnseg
 import fcnseg.zoo
 import fcnseg.zoo.patchnets  # noqa: F401
 from fcnseg.train.losses import PixelLoss
-from fcnseg.train.sampling import gather_targets, sample_pixels
+from fcnseg.train.sampling import gather_targets, training_pixels
 from fcnseg.train.step import dense_logits, patch_backward, patch_logits
 
 
@@ -26,7 +26,7 @@ def test_dense_step_equals_patch_step(stride, pad, loss, chunk):
     x = torch.randn(2, 1, 15, 18, dtype=torch.float64)
     y = torch.randint(0, 3, (2, 15, 18))
     y[0, :3] = 255
-    pixels = sample_pixels(y, 0.3, balance=True, stride=stride,
+    pixels = training_pixels(y, 0.3, balance=True, stride=stride,
                            generator=torch.Generator().manual_seed(1))
     target = gather_targets(y, pixels)
     m_total = len(target)
@@ -63,7 +63,7 @@ def test_patch_logits_in_micro_batches_equal_dense_scores():
     model = fcnseg.zoo.create("patchnet", 4, in_channels=2, width_mult=0.25).double().eval()
     x = torch.randn(3, 2, 9, 11, dtype=torch.float64)
     y = torch.randint(0, 4, (3, 9, 11))
-    pixels = sample_pixels(y, 0.5, generator=torch.Generator().manual_seed(2))
+    pixels = training_pixels(y, 0.5, generator=torch.Generator().manual_seed(2))
     dense = dense_logits(fcnseg.densify(model, pad_mode="replicate"), x, pixels)
     chunked = patch_logits(model, x, pixels, model.patch_size, pad_mode="replicate", chunk=4)
     torch.testing.assert_close(chunked, dense, rtol=1e-12, atol=1e-12)

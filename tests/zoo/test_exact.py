@@ -65,7 +65,7 @@ def test_dense_equals_patchwise(name):
     _randomise_batchnorm(model)
     p, q = model.patch_size
     try:
-        s = fcnseg.geometry(model, (p, q)).total_stride[0] if mode == "grid" else 1
+        s = fcnseg.geometry_of(model, (p, q)).total_stride[0] if mode == "grid" else 1
         h, w = (s + 1, s + 1) if mode == "grid" else (p + 3, q + 2)
         x = torch.randn(1, 3, h, w, dtype=torch.float64)
         with torch.no_grad():

@@ -19,7 +19,7 @@ def test_without_padding_it_equals_densify_on_the_stride_grid():
     # strided FCN must agree with the core's dense network at output_stride = total stride.
     torch.manual_seed(0)
     model = zoo.create("alexnet", num_classes=7, width_mult=1 / 16).double().eval()
-    s = fcnseg.geometry(model, model.patch_size).total_stride[0]
+    s = fcnseg.geometry_of(model, model.patch_size).total_stride[0]
     x = torch.randn(1, 3, model.patch_size[0] + 2 * s, model.patch_size[1] + s, dtype=torch.float64)
     with torch.no_grad():
         got = zoo.strided_fcn(model)(x)  # (1, 7, 3, 2): windows at (m*s, n*s)
