@@ -12,8 +12,15 @@ imported on first use, so that `import fcnseg` costs little more than `import to
 import importlib
 
 from .compare import Comparison, compare_dense, grid_pixels, random_grid_pixels
-from .convert import (ConversionError, OutputStrideError, PaddingError, PatchSizeError, UnsupportedLayerError,
-                      find_patch_size, strip_padding)
+from .convert import (
+    ConversionError,
+    OutputStrideError,
+    PaddingError,
+    PatchSizeError,
+    UnsupportedLayerError,
+    find_patch_size,
+    strip_padding,
+)
 from .convert.optimize import Optimizations
 from .dense import DenseClassifier, densify, freeze_batchnorm, geometry_of
 from .geometry import Geometry
@@ -25,7 +32,8 @@ __version__ = "0.1.0"
 SUBPACKAGES = ("zoo", "data", "infer", "train", "bench", "checkpoint", "runtime", "heads")
 
 __all__ = ["densify", "DenseClassifier", "Optimizations", "patchwise", "crop_patches", "compare_dense",
-           "Comparison", "grid_pixels", "random_grid_pixels", "strip_padding", "find_patch_size", "geometry_of", "Geometry",
+           "Comparison", "grid_pixels", "random_grid_pixels", "strip_padding", "find_patch_size", "geometry_of",
+           "Geometry",
            "freeze_batchnorm", "ConversionError", "PaddingError", "PatchSizeError", "UnsupportedLayerError",
            "OutputStrideError", *SUBPACKAGES]
 

@@ -184,7 +184,8 @@ def densify(model: nn.Module, patch_size=None, *, output_stride=1, pad_mode: str
     try:
         conv, body, tail = _build(gm, values, patch_size, s)
     except OutputStrideError as exc:
-        raise OutputStrideError(f"{exc}. Valid output strides: {valid_output_strides(gm, values, patch_size)}") from None
+        valid = valid_output_strides(gm, values, patch_size)
+        raise OutputStrideError(f"{exc}. Valid output strides: {valid}") from None
     except PatchSizeError as exc:
         from .convert.strip import nearby_patch_sizes
         near = nearby_patch_sizes(gm, c, patch_size)

@@ -71,10 +71,12 @@ class Geometry:
         head = f"{'layer':28} {'kind':8} {'kernel':8} {'stride':7} {'out':9} {'cum':7} {'dense s/dil':12} " \
                f"{'RF':9} {'MFLOP patch':>12} {'kFLOP/px':>10}"
         rows = [head, "-" * len(head)]
-        for l in self.layers:
-            rows.append(f"{l.name[:28]:28} {l.kind:8} {_p(l.kernel):8} {_p(l.stride):7} {_p(l.out_size):9} "
-                        f"{_p(l.cum_stride):7} {_p(l.dense_stride) + '/' + _p(l.dense_dilation):12} "
-                        f"{_p(l.receptive_field):9} {l.flops_patch / 1e6:12.3f} {l.flops_dense / 1e3:10.2f}")
+        for layer in self.layers:
+            rows.append(f"{layer.name[:28]:28} {layer.kind:8} {_p(layer.kernel):8} {_p(layer.stride):7} "
+                        f"{_p(layer.out_size):9} {_p(layer.cum_stride):7} "
+                        f"{_p(layer.dense_stride) + '/' + _p(layer.dense_dilation):12} "
+                        f"{_p(layer.receptive_field):9} {layer.flops_patch / 1e6:12.3f} "
+                        f"{layer.flops_dense / 1e3:10.2f}")
         rows.append(f"patch {_p(self.patch_size)}, receptive field {_p(self.receptive_field)}, total stride "
                     f"{_p(self.total_stride)}, output stride {_p(self.output_stride)}; FLOPs per patch "
                     f"{self.flops_patch / 1e6:.2f} M, dense per pixel {self.flops_dense_per_pixel / 1e3:.2f} k, "
@@ -91,4 +93,5 @@ def build_geometry(conv, patch_size, in_channels, output_stride) -> Geometry:
     # global pooling (heads, squeeze-excitation) sees the whole patch and no more
     rf = (min(g.rf[0], patch_size[0]), min(g.rf[1], patch_size[1]))
     return Geometry(tuple(patch_size), in_channels, conv.num_classes, tuple(output_stride), rf, g.d, g.offset,
-                    sum(l.flops_patch for l in conv.layers), sum(l.flops_dense for l in conv.layers), conv.layers)
+                    sum(layer.flops_patch for layer in conv.layers),
+                    sum(layer.flops_dense for layer in conv.layers), conv.layers)

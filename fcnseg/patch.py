@@ -33,7 +33,7 @@ def pixel_index(pixels, h: int, w: int, device=None) -> torch.Tensor:
             idx = pixels.nonzero()
         else:
             idx = pixels.long().reshape(-1, 2)
-            if len(idx) and (idx[:, 0].min() < 0 or idx[:, 0].max() >= h or idx[:, 1].min() < 0 or idx[:, 1].max() >= w):
+            if len(idx) and (idx.min() < 0 or idx[:, 0].max() >= h or idx[:, 1].max() >= w):
                 raise ValueError(f"pixel indices must lie inside the {h}x{w} image")
     return idx.to(device)
 

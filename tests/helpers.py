@@ -105,7 +105,8 @@ def load_tool():
 
 def compose(overrides):
     """The real conf/train.yaml composed with overrides, as plain dicts for fcnseg.train.run."""
-    from hydra import compose as hcompose, initialize_config_dir
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
     tool = load_tool()
     tool.register_zoo_models()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -115,7 +116,8 @@ def compose(overrides):
 
 def tiny_overrides(scenes, *extra, zoo=True):
     width = ["model.kwargs.width_mult=0.25"] if zoo else []
-    return ["data=folder", f"data.root={scenes}", *width, "trainer.device=cpu", "trainer.epochs=1", "trainer.batch_size=3",
+    return ["data=folder", f"data.root={scenes}", *width, "trainer.device=cpu", "trainer.epochs=1",
+            "trainer.batch_size=3",
             "trainer.val_batch_size=2", "trainer.grid_images=2", *extra]
 
 

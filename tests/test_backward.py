@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import fcnseg
+
 from helpers import K, ResidualConcat, alexnet_like
 
 

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fcnseg
+
 from helpers import K, check_dense, f64, lecture_net
 
 

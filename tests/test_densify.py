@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fcnseg
+
 from helpers import K, ResidualConcat, alexnet_like, check_dense, f64, lecture_net
 
 

@@ -227,7 +227,7 @@ def collect():
             else:
                 for line, text in _shell_commands(code, first, lang == "console"):
                     items.extend(_shell_items(doc, line, text, markers, used))
-            for n, (d, texts, _) in enumerate(markers):
+            for n, (d, _texts, _) in enumerate(markers):
                 if n not in used and d != "given":
                     items.append(Item(doc, first, "shell", "", error=f"docs-test marker "
                                       f"{marker_lines[n].strip()!r} matches no command of the "

@@ -1,5 +1,6 @@
 """Receptive field, strides and the FLOP model, checked against hand counts."""
 import fcnseg
+
 from helpers import K, lecture_net
 
 
@@ -7,8 +8,8 @@ def test_lecture_net_geometry():
     g = fcnseg.geometry_of(lecture_net(), 15)
     assert g.receptive_field == (15, 15)
     assert g.total_stride == (6, 6)
-    assert [l.cum_stride[0] for l in g.layers] == [1, 2, 2, 6, 6]
-    assert [l.dense_dilation[0] for l in g.layers] == [1, 1, 2, 2, 6]
+    assert [layer.cum_stride[0] for layer in g.layers] == [1, 2, 2, 6, 6]
+    assert [layer.dense_dilation[0] for layer in g.layers] == [1, 1, 2, 2, 6]
     # conv 3->4 2x2 at 14x14, max 2x2 at 7x7 (4 ch), conv 4->5 at 6x6, max 3x3 at 2x2 (5 ch), conv 5->K
     patch = 2 * 3 * 4 * 4 * 196 + 4 * 4 * 49 + 2 * 4 * 4 * 5 * 36 + 9 * 5 * 4 + 2 * 5 * 4 * K
     dense = 2 * 3 * 4 * 4 + 4 * 4 + 2 * 4 * 4 * 5 + 9 * 5 + 2 * 5 * 4 * K

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 import fcnseg
-from helpers import check_dense, grads_match, Head
+
+from helpers import Head, check_dense, grads_match
 
 
 class Trunk(nn.Module):
@@ -138,6 +139,7 @@ def two_heads_checkpoint(tmp_path):
 def test_inference_labels_with_the_chosen_head(two_heads_checkpoint, tmp_path):
     import numpy as np
     from PIL import Image
+
     from fcnseg.infer import InferenceSettings, load_predictor, run_inference
     ck, _ = two_heads_checkpoint
     first = load_predictor(ck, device="cpu", dtype=torch.float64)
@@ -160,6 +162,7 @@ def test_inference_labels_with_the_chosen_head(two_heads_checkpoint, tmp_path):
 def test_inference_saves_every_heads_scores(two_heads_checkpoint, tmp_path, tile_size):
     import numpy as np
     from PIL import Image
+
     from fcnseg.infer import InferenceSettings, run_inference
     ck, _ = two_heads_checkpoint
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(tmp_path / "a.png")
@@ -167,7 +170,8 @@ def test_inference_saves_every_heads_scores(two_heads_checkpoint, tmp_path, tile
     for head in ("prob", "box", "all"):
         out = tmp_path / head
         run_inference(InferenceSettings(checkpoint=str(ck), input=str(tmp_path / "a.png"), output=str(out),
-                                        device="cpu", save_scores=True, head=head, precision="fp32", tile_size=tile_size))
+                                        device="cpu", save_scores=True, head=head, precision="fp32",
+                                        tile_size=tile_size))
         scores = np.load(next(out.rglob("*.scores.npy")))
         labels = [p for p in out.rglob("*.png") if ".overlay" not in p.name]
         runs[head] = scores, np.array(Image.open(labels[0]))

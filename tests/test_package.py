@@ -200,3 +200,12 @@ def test_no_module_is_over_450_lines():
     long = {str(p.relative_to(root)): n for p in root.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}
     assert not long, f"split these modules by concern: {long}"
+
+
+def test_the_tree_is_clean_under_the_projects_ruff_configuration():
+    ruff = pytest.importorskip("ruff", reason="ruff comes with the dev extra")
+    root = Path(__file__).resolve().parents[1]
+    binary = Path(ruff.find_ruff_bin())
+    result = subprocess.run([str(binary), "check", "--no-cache", "fcnseg", "tools", "tests"], cwd=root,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -56,9 +56,9 @@ def make_folder(folder: Path, n: int, seed: int = 0) -> list[tuple[int, int]]:
 
 def engine(args, files: list[Path]) -> dict:
     """Pixels per second of the predictor on decoded images, decoding not timed."""
+    from fcnseg import runtime
     from fcnseg.data.io import read_image
     from fcnseg.infer import load_predictor
-    from fcnseg import runtime
     pred = load_predictor(args.checkpoint, device=args.device, output_stride=args.output_stride,
                           batch_size=args.batch_size, memory_mb=args.memory_mb)
     pred.tile()  # the automatic tile size is probed once, as a folder run does before its first image

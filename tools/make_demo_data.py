@@ -187,8 +187,8 @@ def build_patches(scenes: Path, out: Path, patch_size: int, per_class: dict[str,
     garment classes are as frequent as the background; a class with fewer pixels gives them all.
     Patches of one split come from that split's scenes only. The output folder is replaced.
     """
-    from fcnseg.data.io import read_image, read_mask
     from fcnseg.data.folder import list_images, read_classes_json
+    from fcnseg.data.io import read_image, read_mask
 
     meta = read_classes_json(scenes)
     if "names" not in meta:

@@ -25,8 +25,8 @@ def plot_scores(out: Path, image: np.ndarray, labels: np.ndarray, scores: np.nda
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from fcnseg.infer.outputs import display_rgb
     from fcnseg.data.palette import colorize
+    from fcnseg.infer.outputs import display_rgb
     from fcnseg.runtime import atomic_path
 
     s = scores.astype(np.float64)
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from PIL import Image
 
-    from fcnseg.data.io import read_image
     from fcnseg.checkpoint import load_checkpoint
+    from fcnseg.data.io import read_image
     from fcnseg.data.palette import resolve_palette
 
     ck = load_checkpoint(args.checkpoint)

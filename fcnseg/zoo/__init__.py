@@ -64,8 +64,19 @@ def create(name: str, num_classes: int, in_channels: int = 3, width_mult: float 
 
 # One module per family; importing registers its names.
 from . import (  # noqa: E402,F401
-    alexnet, densenet, efficientnet, googlenet, inception, lenet, mobilenet, nin, patchnets, resnet,
-    shufflenet, toy, vgg,
+    alexnet,
+    densenet,
+    efficientnet,
+    googlenet,
+    inception,
+    lenet,
+    mobilenet,
+    nin,
+    patchnets,
+    resnet,
+    shufflenet,
+    toy,
+    vgg,
 )
 
 __all__ = ["Spec", "create", "names", "register", "spec", "has_published_weights", "strided_fcn",

@@ -22,8 +22,8 @@ accurate: 221; CNN-S: 233).
 """
 import torchvision
 
-from .registry import register
 from .classic import LRN, Classic, Conv, Pool, exact_input_size
+from .registry import register
 from .width import rescale
 
 ALEXNET = [Conv(96, 11, 4), LRN(), Pool(3, 2), Conv(256, 5, 1, 2), LRN(), Pool(3, 2),

@@ -4,8 +4,8 @@ growth rate). Published weights: torchvision's.
 """
 import torchvision.models as tvm
 
-from .registry import register
 from .classic import width
+from .registry import register
 from .width import rescale
 
 WEIGHTS = tvm.DenseNet121_Weights.IMAGENET1K_V1

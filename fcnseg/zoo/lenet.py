@@ -4,8 +4,8 @@ paper's partial connection table is a 1998 compute saving, not a property to rep
 """
 import torch.nn as nn
 
-from .registry import register
 from .classic import Classic, Conv, Pool, exact_input_size
+from .registry import register
 
 TABLE = [Conv(6, 5), Pool(2, 2, "avg"), Conv(16, 5), Pool(2, 2, "avg"), Conv(120, 5)]
 FINAL = 1

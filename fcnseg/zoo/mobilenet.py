@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from .registry import register
 from .classic import width
+from .registry import register
 
 V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
              (512, 1), (512, 1), (1024, 2), (1024, 1)]  # (pointwise channels, depthwise stride)

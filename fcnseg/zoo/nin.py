@@ -9,8 +9,8 @@ exact-fit 227 input gives the same 6x6 map with every window inside the patch.
 import torch
 import torch.nn as nn
 
-from .registry import register
 from .classic import Conv, Pool, exact_input_size, make_features
+from .registry import register
 
 TABLE = [Conv(96, 11, 4), Conv(96, 1), Conv(96, 1), Pool(3, 2),
          Conv(256, 5, 1, 2), Conv(256, 1), Conv(256, 1), Pool(3, 2),

@@ -3,8 +3,8 @@ by width_mult and kept even (each unit splits its channels in two and shuffles t
 """
 import torchvision.models as tvm
 
-from .registry import register
 from .classic import width
+from .registry import register
 from .width import rescale
 
 WEIGHTS = tvm.ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1

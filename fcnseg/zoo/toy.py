@@ -6,8 +6,8 @@ Its even kernels and the stride-3 pool make it the smallest net that exercises a
 """
 import torch.nn as nn
 
-from .registry import register
 from .classic import Conv, Pool, exact_input_size, width
+from .registry import register
 
 TABLE = [Conv(8, 2), Pool(2, 2), Conv(16, 2), Pool(3, 3)]  # then conv3 2x2 -> classes
 FINAL = 2  # conv3 (2x2) turns a 2x2 map into the 1x1 output

@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from .registry import register
 from .classic import LRN, Conv, Pool, exact_input_size, make_features, width
+from .registry import register
 
 M = "M"
 CONFIGS = {  # an int c is conv3-c, (c, 1) is conv1-c, "L" is LRN, M is 2x2/2 max pool

@@ -1,11 +1,11 @@
 """Ceil-mode pooling with partial last windows: exact against patch-by-patch, forward and backward."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import fcnseg
-from helpers import check_dense, grads_match, Head, ONet, RNet
+
+from helpers import Head, ONet, RNet, check_dense, grads_match
 
 K = 5
 
@@ -43,7 +43,8 @@ class Stacked(nn.Module):
 
 
 def nets():
-    max3 = lambda **kw: nn.MaxPool2d(3, 2, ceil_mode=True, **kw)
+    def max3(**kw):
+        return nn.MaxPool2d(3, 2, ceil_mode=True, **kw)
     return {
         # patch 10: conv 8 -> pool 4 (partial on both axes), FC over 3x3
         "both_axes": (lambda: nn.Sequential(nn.Conv2d(2, 3, 3), max3(), nn.Conv2d(3, 4, 2), nn.Flatten(),
@@ -115,7 +116,7 @@ def test_edge_maps_cost_a_small_multiple():
     # sub-window terms shared between map classes: a 2x2 conv after a pool partial on both axes
     # computes (2+1)^2 = 9 taps per position instead of 4, not 4 * 4
     model = f64(NETS["stacked_max"][0]())
-    layers = {l.name: l for l in fcnseg.geometry_of(model, 20).layers}
+    layers = {layer.name: layer for layer in fcnseg.geometry_of(model, 20).layers}
     plain = 2 * 3 * 4 * 2 * 2                                   # conv2: 2x2 taps, 3 -> 4 channels
     assert layers["conv2"].flops_dense == plain * 9 / 4
 

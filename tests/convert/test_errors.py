@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import fcnseg
+
 from helpers import K, lecture_net
 
 

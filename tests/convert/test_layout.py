@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import fcnseg
+
 from helpers import check_dense, grads_match
 
 K = 5

@@ -11,6 +11,7 @@ from fcnseg.convert import optimize, pooling
 from fcnseg.convert.optimize import drop_identity_windows, num_threads
 from fcnseg.runtime import reuse_freed_memory
 from fcnseg.runtime.memory import _glibc
+
 from helpers import grads_match
 
 

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fcnseg
+
 from helpers import check_dense
 
 K = 7
@@ -52,7 +53,7 @@ def test_resnet_block_exact_after_strip():
     assert patch == valid.patch_size
     try:
         fcnseg.densify(valid, (patch[0] - 1, patch[1] - 1))
-        assert False, "a smaller patch must fail"
+        raise AssertionError("a smaller patch must fail")
     except fcnseg.PatchSizeError:
         pass
     x = torch.randn(1, 3, 21, 18, dtype=torch.float64)

@@ -41,8 +41,9 @@ def test_cli_exit_codes(ckpt, image_tree, tmp_path):
 
 
 def test_cli_refusal_exit_code_2(ckpt, image_tree):
-    from hydra import compose, initialize_config_dir
     import importlib.util
+
+    from hydra import compose, initialize_config_dir
     spec = importlib.util.spec_from_file_location("fcnseg_tools_infer", INFER)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)

@@ -74,6 +74,7 @@ def test_export_settings_match_their_yaml():
 
     from fcnseg.infer.export import ExportSettings
     from fcnseg.settings import SettingsError, defaults
+
     from helpers import ROOT
     values = yaml.safe_load((ROOT / "conf" / "export.yaml").read_text())
     values = {k: v for k, v in values.items() if k not in ("defaults", "hydra")}

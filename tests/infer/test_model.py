@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import fcnseg
+from fcnseg.checkpoint import build_model, load_checkpoint, model_spec, save_checkpoint
 from fcnseg.data.io import normalize, to_float
 from fcnseg.infer import load_predictor
 from fcnseg.infer.model import predict_whole
-from fcnseg.checkpoint import build_model, load_checkpoint, model_spec, save_checkpoint
 
 from helpers import PALETTE, random_image, write_checkpoint
 

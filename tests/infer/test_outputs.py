@@ -4,9 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fcnseg.infer.outputs import (ScoresFile, save_labels, save_overlay, save_scores,
-                                  to_image_size)
 from fcnseg.data.palette import default_palette
+from fcnseg.infer.outputs import ScoresFile, save_labels, save_overlay, save_scores, to_image_size
 from fcnseg.runtime import TMP_SUFFIX
 
 

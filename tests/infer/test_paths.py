@@ -4,8 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from fcnseg.infer.paths import (InputError, balance_by_pixels, check_output_path, find_collisions,
-                                 find_inputs, image_pixels)
+from fcnseg.infer.paths import (
+    InputError,
+    balance_by_pixels,
+    check_output_path,
+    find_collisions,
+    find_inputs,
+    image_pixels,
+)
 
 
 def _touch(root, *names):
@@ -73,9 +79,9 @@ def test_balance_by_pixels_largest_first_to_the_least_loaded_rank():
 
 
 def test_image_pixels_from_headers(tmp_path):
-    from PIL import Image
     import numpy as np
     import tifffile
+    from PIL import Image
     Image.fromarray(np.zeros((30, 20), np.uint8)).save(tmp_path / "a.png")
     tifffile.imwrite(tmp_path / "b.tif", np.zeros((64, 48, 3), np.uint8), tile=(16, 16))
     (tmp_path / "c.png").write_bytes(b"not an image")

@@ -240,10 +240,11 @@ def test_small_images_are_stacked_and_large_ones_run_alone(ckpt, tmp_path, monke
 def test_finished_images_weigh_nothing_when_ranks_are_balanced(ckpt, tmp_path):
     """Rank 0 balances a resumed run on what is left: an image whose results exist (under
     the ordinary or the large-image names) counts as finished."""
+    from pathlib import PurePosixPath
+
     from fcnseg.infer.paths import InputFile
     from fcnseg.infer.runner import _is_done
     from fcnseg.infer.stream import large_output_path
-    from pathlib import PurePosixPath
     out = tmp_path / "out"
     cfg = settings(ckpt, tmp_path, out, save_scores=True)
     a, b = (InputFile(tmp_path / n, PurePosixPath(n)) for n in ("a.png", "sub/b.tif"))

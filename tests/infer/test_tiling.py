@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import fcnseg
-from fcnseg.infer.tiling import (auto_tile_size, build_window, fold_index, plan_tiles,
-                                 predict_tiled)
+from fcnseg.infer.tiling import auto_tile_size, build_window, fold_index, plan_tiles, predict_tiled
 
 from helpers import toy_model
 

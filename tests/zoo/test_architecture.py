@@ -101,10 +101,10 @@ def test_natural_input_gives_the_papers_final_map(name, size, final):
 
 def test_overfeat_fc_widths():
     m = meta("overfeat_fast")
-    lin = [l for l in m.classifier if isinstance(l, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in lin] == [(1024 * 36, 3072), (3072, 4096), (4096, 1000)]
+    lin = [layer for layer in m.classifier if isinstance(layer, torch.nn.Linear)]
+    assert [(layer.in_features, layer.out_features) for layer in lin] == [(1024 * 36, 3072), (3072, 4096), (4096, 1000)]
     m = meta("deep_image")
-    assert [l.out_features for l in m.classifier if isinstance(l, torch.nn.Linear)] == [6144, 6144, 1000]
+    assert [layer.out_features for layer in m.classifier if isinstance(layer, torch.nn.Linear)] == [6144, 6144, 1000]
 
 
 def test_vgg16_c_has_1x1_convs_in_stages_3_to_5():

@@ -23,7 +23,8 @@ SETTINGS = {
     "vgg11": (1 / 16, "grid"), "vgg11_lrn": (1 / 16, "grid", SLOW), "vgg13": (1 / 16, "grid", SLOW),
     "vgg16": (1 / 16, "grid"), "vgg16_c": (1 / 16, "grid"), "vgg19": (1 / 16, "grid", SLOW),
     "deep_image": (1 / 16, "grid", SLOW), "resnet18": (1 / 16, "grid"), "resnet50": (1 / 16, "grid", SLOW),
-    "wide_resnet50_2": (1 / 16, "grid", SLOW), "shufflenet_v2": (1 / 16, "grid", SLOW), "mobilenet_v1": (1 / 16, "grid"),
+    "wide_resnet50_2": (1 / 16, "grid", SLOW), "shufflenet_v2": (1 / 16, "grid", SLOW),
+    "mobilenet_v1": (1 / 16, "grid"),
     "efficientnet_b0": (1 / 16, "grid"), "inception_v4": (1 / 16, "grid", SLOW),
     # Valid patches of 400-2100 pixels: 5-90 s each on 2 shared CPU cores; run with -m slow.
     "resnet34": (1 / 16, "grid", SLOW), "resnet101": (1 / 16, "grid", SLOW),
