@@ -65,7 +65,7 @@ class Predictor:
     tile_size: int | None = None     # image pixels per tile side; None: the largest that fits memory_mb; 0: untiled
     memory_mb: float = 2048.0        # budget of one forward pass (one tile, or one stack of small images)
     batch_size: int = 8              # small images of one size stacked per pass, at most
-    amp: bool | str = "auto"         # the precision setting (fcnseg.runtime.precision); True: auto, False: fp32
+    precision: str = "auto"         # the precision setting (fcnseg.runtime.precision); True: auto, False: fp32
     channels_last: bool = True
     source: dict | None = field(default=None, repr=False)  # checkpoint weights + load options (pickling)
     _tile: int | None = field(default=None, init=False, repr=False)
@@ -99,7 +99,7 @@ class Predictor:
             return int(self.tile_size)
         if self._tile is None:
             self._tile = auto_tile_size(self.dense, self.in_channels, self.memory_mb, batch_size=1,
-                                        amp=self.amp, channels_last=self.channels_last)
+                                        precision=self.precision, channels_last=self.channels_last)
         return self._tile
 
     def batch_limit(self, height: int, width: int) -> int:
@@ -129,12 +129,12 @@ class Predictor:
         want = scores or scores_out is not None
         tile = self.tile()
         if self.dense is None:
-            p = predict_whole(self, raw, amp=self.amp, channels_last=self.channels_last)
+            p = predict_whole(self, raw, precision=self.precision, channels_last=self.channels_last)
             out = self._result(p.labels.numpy(), p.scores if want else None, H, W)
         elif len(plan_tiles(H, W, self.dense.patch_size, self.output_stride, tile).origins) == 1:
             out = self.start_batch([raw], scores=want)()[0]
         else:  # tile by tile, one window per pass: the tile is sized for batch 1
-            p = predict_tiled(self.dense, raw, tile, transform=self.transform, batch_size=1, amp=self.amp,
+            p = predict_tiled(self.dense, raw, tile, transform=self.transform, batch_size=1, precision=self.precision,
                               channels_last=self.channels_last, return_scores=scores and scores_out is None,
                               scores_out=scores_out, label_channels=self.label_channels)
             return self._result(p.labels.numpy(), p.scores if scores_out is None else None, H, W)
@@ -176,7 +176,8 @@ class Predictor:
         mode, value = dense_padding(self.dense)
         rows, cols = plan.window_indices(plan.row0, plan.col0)
         batch = torch.stack([build_window(r, rows, cols, mode, value, self.transform) for r in raws])
-        out = forward_windows(self.dense, self._upload(batch), amp=self.amp, channels_last=self.channels_last)
+        out = forward_windows(self.dense, self._upload(batch), precision=self.precision,
+                              channels_last=self.channels_last)
         if tuple(out.shape[2:]) != (plan.rows, plan.cols):
             raise RuntimeError(f"the network gave {tuple(out.shape[2:])} outputs for a {H}x{W} image, "
                                f"expected {(plan.rows, plan.cols)} from its patch size and output stride")
@@ -195,7 +196,7 @@ class Predictor:
         full = to_image_size(grid, height, width, self.output_stride)
         if scores is None:
             return Prediction(full, None, self.output_stride)
-        if isinstance(scores, torch.Tensor):  # half precision (amp) widened; float64 kept
+        if isinstance(scores, torch.Tensor):  # reduced precision widened; float64 kept
             scores = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
         arr = np.asarray(scores)
         if self.head_channels is not None:
@@ -247,7 +248,7 @@ def _stride_of(model: nn.Module) -> int:
     return int(getattr(enc, "output_stride", 32)) if enc is not None else 32
 
 
-def predict_whole(pred: Predictor, raw: np.ndarray, *, amp: bool | str = False,
+def predict_whole(pred: Predictor, raw: np.ndarray, *, precision: str = "fp32",
                   channels_last: bool = False) -> tiling.Prediction:
     """An already dense network (smp) on the whole image: padded at the bottom/right
     (replicate) to a multiple of its encoder stride, then cropped. Not tiled: such a
@@ -260,7 +261,7 @@ def predict_whole(pred: Predictor, raw: np.ndarray, *, amp: bool | str = False,
     x = x.to(p.device, p.dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), runtime.precision_context(amp, p.device):
+    with torch.inference_mode(), runtime.precision_context(precision, p.device):
         out = pred.model(x)[0, :, :H, :W]
     labels = out.argmax(0).to("cpu", label_dtype(out.shape[0]))
     return tiling.Prediction(labels, out.float().cpu(), 1)
@@ -269,29 +270,29 @@ def predict_whole(pred: Predictor, raw: np.ndarray, *, amp: bool | str = False,
 def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", output_stride: int = 1,
                    channels_last: bool = True, dtype: torch.dtype = torch.float32, head=None,
                    tile_size: int | None = None, memory_mb: float = 2048.0, batch_size: int = 8,
-                   amp: bool | str = "auto") -> Predictor:
+                   precision: str = "auto") -> Predictor:
     """Checkpoint -> Predictor on the chosen device, in eval mode.
 
     A patch classifier is densified with the checkpoint's patch size and padding rule
     at the requested output stride (1: every pixel). head: for a classifier with several
     outputs, the one to label with (a name or an index; None: the first), see fcnseg.heads;
     "all": label with the first, and the dense network gives every head's scores (concatenated).
-    tile_size, memory_mb, batch_size, amp: how predict() runs (see Predictor).
+    tile_size, memory_mb, batch_size, precision: how predict() runs (see Predictor).
     """
     ckpt = load_checkpoint(checkpoint)
     slim = {k: ckpt[k] for k in ("format", "version", "state_dict", *INFO_KEYS) if k in ckpt}
     return _build(slim, str(checkpoint), device=device, output_stride=output_stride,
                   channels_last=channels_last, dtype=dtype, head=head, tile_size=tile_size,
-                  memory_mb=memory_mb, batch_size=batch_size, amp=amp)
+                  memory_mb=memory_mb, batch_size=batch_size, precision=precision)
 
 
 def _build(ckpt: dict, name: str, *, device, output_stride, channels_last, dtype, head, tile_size,
-           memory_mb, batch_size, amp) -> Predictor:
+           memory_mb, batch_size, precision) -> Predictor:
     from fcnseg.convert.options import Optimizations
     from fcnseg.dense import densify
 
     options = dict(device=device, output_stride=output_stride, channels_last=channels_last, dtype=dtype,
-                   head=head, tile_size=tile_size, memory_mb=memory_mb, batch_size=batch_size, amp=amp)
+                   head=head, tile_size=tile_size, memory_mb=memory_mb, batch_size=batch_size, precision=precision)
     model, info = model_from_checkpoint(ckpt)
     dev = runtime.pick_device(device)  # under torchrun "auto"/"cuda" is this rank's GPU
     if dev.type == "cuda":
@@ -336,6 +337,6 @@ def _build(ckpt: dict, name: str, *, device, output_stride, channels_last, dtype
                      patch_size=tuple(patch) if patch is not None else None,
                      pad_mode=pad_mode, pad_value=pad_value, output_stride=int(output_stride),
                      info=info, head_channels=head_channels, tile_size=tile_size,
-                     memory_mb=float(memory_mb), batch_size=int(batch_size), amp=amp,
+                     memory_mb=float(memory_mb), batch_size=int(batch_size), precision=precision,
                      channels_last=bool(channels_last),
                      source={"checkpoint": ckpt, "name": name, "options": options})

@@ -216,7 +216,7 @@ class _Run:
         t0, cfg, pred = time.perf_counter(), self.cfg, self.pred
         ckpt = cfg.checkpoint
         identity = {"checkpoint": file_identity(ckpt) if os.path.isfile(ckpt) else str(ckpt),
-                    "head": cfg.head, "device": pred.device.type, "precision": str(pred.amp)}
+                    "head": cfg.head, "device": pred.device.type, "precision": str(pred.precision)}
         bar = None
 
         def on_tile(done: int, total: int) -> None:
@@ -227,7 +227,7 @@ class _Run:
             bar.update(1)
 
         try:
-            label_large_image(pred, job.source, job.paths, job.todo, tile_size=pred.tile(), amp=pred.amp,
+            label_large_image(pred, job.source, job.paths, job.todo, tile_size=pred.tile(), precision=pred.precision,
                               channels_last=pred.channels_last, overlay_alpha=cfg.overlay_alpha,
                               identity=identity, log=self.log, on_tile=on_tile)
         except Exception as e:
@@ -386,7 +386,7 @@ def run_inference(cfg: InferenceSettings, *, predictor: Predictor | None = None,
     pred = predictor or load_predictor(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
                                        channels_last=cfg.use_channels_last, head=cfg.head,
                                        tile_size=cfg.tile_size, memory_mb=cfg.memory_mb,
-                                       batch_size=cfg.batch_size, amp=cfg.precision)
+                                       batch_size=cfg.batch_size, precision=cfg.precision)
     tile = pred.tile()
     tag = f"rank {rank}/{world}: " if world > 1 else ""
     bar = tqdm(total=len(mine), unit="image", desc=f"rank {rank}" if world > 1 else "images",

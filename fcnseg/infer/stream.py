@@ -159,7 +159,7 @@ def _write_overlay(path: Path, source, labels_at: Callable, palette, alpha: floa
 
 
 def label_large_image(pred, source, paths: dict[str, Path], todo: Sequence[str], *, tile_size: int | None,
-                      amp: bool = False, channels_last: bool = False, overlay_alpha: float = 0.5,
+                      precision: str = "fp32", channels_last: bool = False, overlay_alpha: float = 0.5,
                       identity: dict | None = None, log: Callable[[str], None] = print,
                       on_tile: Callable[[int, int], None] | None = None) -> None:
     """Label a large image tile by tile and write the results of ``todo`` (labels, scores, overlay).
@@ -195,7 +195,7 @@ def label_large_image(pred, source, paths: dict[str, Path], todo: Sequence[str],
     done = len(origins) - len(remaining)
     with runtime.reuse_host_memory(pred.device):  # every tile's maps reuse the pages of the tile before
         for m0, n0, out in iter_tile_outputs(pred.dense, source, plan, pad_mode=mode, pad_value=value,
-                                             transform=transform, batch_size=1, amp=amp,
+                                             transform=transform, batch_size=1, precision=precision,
                                              channels_last=channels_last, origins=remaining):
             # argmax on the device, in the network's precision, before any down-cast
             labels = out[:pred.label_channels].argmax(0).cpu().numpy().astype(_label_dtype(pred.num_classes))

@@ -247,17 +247,17 @@ def _param_dtype_device(dense: nn.Module):
     return torch.float32, torch.device("cpu")
 
 
-def forward_windows(dense: nn.Module, batch: torch.Tensor, *, amp: bool = False,
+def forward_windows(dense: nn.Module, batch: torch.Tensor, *, precision: str = "fp32",
                     channels_last: bool = False) -> torch.Tensor:
     """dense.forward_valid on a batch of padded windows (B, C, h, w) -> (B, K, h', w');
-    amp: the precision setting (fcnseg.runtime.precision: auto, fp32, tf32, bf16, fp16; True
-    means auto, False IEEE fp32)."""
+    precision: the setting of fcnseg.runtime.precision (auto, fp32, tf32, bf16, fp16; the old
+    booleans: True means auto, False IEEE fp32)."""
     dtype, device = _param_dtype_device(dense)
     # asynchronous only from pinned memory (a pageable copy is synchronous anyway)
     batch = batch.to(device=device, dtype=dtype, non_blocking=batch.is_pinned())
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), runtime.precision_context(amp, device):
+    with torch.inference_mode(), runtime.precision_context(precision, device):
         return dense.forward_valid(batch)
 
 
@@ -272,7 +272,7 @@ def _check_window_output(out: torch.Tensor, plan: TilePlan, m0: int, n0: int, de
 
 
 def iter_tile_outputs(dense: nn.Module, image, plan: TilePlan, *, pad_mode: str, pad_value: float,
-                      transform: Transform | None = None, batch_size: int = 1, amp: bool = False,
+                      transform: Transform | None = None, batch_size: int = 1, precision: str = "fp32",
                       channels_last: bool = False, origins: Sequence[tuple[int, int]] | None = None
                       ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (m0, n0, scores (K, *plan.tile_shape(m0, n0))) tile by tile; up to batch_size
@@ -289,7 +289,7 @@ def iter_tile_outputs(dense: nn.Module, image, plan: TilePlan, *, pad_mode: str,
         chunk = origins[b:e]
         wins = [build_window(image, *plan.window_indices(m0, n0), pad_mode, pad_value, transform)
                 for m0, n0 in chunk]
-        out = forward_windows(dense, torch.stack(wins), amp=amp, channels_last=channels_last)
+        out = forward_windows(dense, torch.stack(wins), precision=precision, channels_last=channels_last)
         _check_window_output(out, plan, *chunk[0], dense)
         for (m0, n0), o in zip(chunk, out):
             yield m0, n0, o
@@ -299,7 +299,7 @@ def iter_tile_outputs(dense: nn.Module, image, plan: TilePlan, *, pad_mode: str,
 def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
                   transform: Transform | None = None, region: Sequence[int] | None = None,
                   pad_mode: str | None = None, pad_value: float | None = None,
-                  batch_size: int = 1, amp: bool = False, channels_last: bool = False,
+                  batch_size: int = 1, precision: str = "fp32", channels_last: bool = False,
                   return_scores: bool = True, scores_out: np.ndarray | None = None,
                   label_channels: int | None = None) -> Prediction:
     """Dense prediction of one image, tile by tile, identical to the untiled pass.
@@ -323,7 +323,7 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
     with runtime.reuse_host_memory(_param_dtype_device(dense)[1]):
         labels = scores = None
         for m0, n0, out in iter_tile_outputs(dense, image, plan, pad_mode=mode, pad_value=value,
-                                             transform=transform, batch_size=batch_size, amp=amp,
+                                             transform=transform, batch_size=batch_size, precision=precision,
                                              channels_last=channels_last):
             K = out.shape[0]
             if labels is None:
@@ -351,7 +351,7 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
 # --- automatic tile size -----------------------------------------------------------------
 
 def _probe_activation_bytes(dense: nn.Module, in_channels: int, cells: int,
-                            amp: bool, channels_last: bool) -> tuple[int, list[int]]:
+                            precision: str, channels_last: bool) -> tuple[int, list[int]]:
     """Run one window of ``cells`` x ``cells`` outputs; return its input bytes and the
     output bytes of every operator (in call order)."""
     dtype, device = _param_dtype_device(dense)
@@ -372,13 +372,13 @@ def _probe_activation_bytes(dense: nn.Module, in_channels: int, cells: int,
             return out
 
     with _Sizes():
-        out = forward_windows(dense, x, amp=amp, channels_last=channels_last)
+        out = forward_windows(dense, x, precision=precision, channels_last=channels_last)
     sizes.append(out.numel() * out.element_size())
     return x.numel() * x.element_size(), sizes
 
 
 def auto_tile_size(dense: nn.Module, in_channels: int, memory_mb: float, *, batch_size: int = 1,
-                   amp: bool = False, channels_last: bool = False, max_size: int = 1 << 15) -> int:
+                   precision: str = "fp32", channels_last: bool = False, max_size: int = 1 << 15) -> int:
     """Largest tile side (image pixels, a multiple of the output stride) whose forward pass
     fits in ``memory_mb`` for a batch of ``batch_size`` windows.
 
@@ -391,8 +391,8 @@ def auto_tile_size(dense: nn.Module, in_channels: int, memory_mb: float, *, batc
     """
     s = as_pair(getattr(dense, "output_stride", 1))[0]
     t1, t2 = 2, 4
-    in1, a1 = _probe_activation_bytes(dense, in_channels, t1, amp, channels_last)
-    in2, a2 = _probe_activation_bytes(dense, in_channels, t2, amp, channels_last)
+    in1, a1 = _probe_activation_bytes(dense, in_channels, t1, precision, channels_last)
+    in2, a2 = _probe_activation_bytes(dense, in_channels, t2, precision, channels_last)
     if len(a1) != len(a2):
         raise RuntimeError(f"{type(dense).__name__} ran a different set of layers on two window "
                            f"sizes; give tile_size explicitly")

@@ -44,7 +44,7 @@ class ValidationPlan:
                 f"{batch_size}, larger ones {tiles}")
 
 
-def plan_validation(net, in_channels, batch_size, budget_bytes, amp=False, channels_last=False):
+def plan_validation(net, in_channels, batch_size, budget_bytes, precision="fp32", channels_last=False):
     """The ValidationPlan of `net` (a dense net from fcnseg.densify) under `budget_bytes`, or
     None for a network the tiler cannot cut (an already dense network: whole images). A
     budget below one output cell is a TrainingError."""
@@ -55,13 +55,13 @@ def plan_validation(net, in_channels, batch_size, budget_bytes, amp=False, chann
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the tiler's "below one output cell" warning
         try:
-            tile = auto_tile_size(net, in_channels, mb, batch_size=1, amp=amp, channels_last=channels_last)
+            tile = auto_tile_size(net, in_channels, mb, batch_size=1, precision=precision, channels_last=channels_last)
         except UserWarning as e:
             raise TrainingError(f"validation cannot fit: {e}; raise the memory limit "
                                 f"(trainer.memory_limit_mb) or train a narrower network",
                                 fixes=["trainer.memory_limit_mb=auto"]) from None
         try:
-            whole = auto_tile_size(net, in_channels, mb, batch_size=batch_size, amp=amp,
+            whole = auto_tile_size(net, in_channels, mb, batch_size=batch_size, precision=precision,
                                    channels_last=channels_last)
         except UserWarning:  # not even one cell a batch: every image goes alone, in tiles
             whole = 0

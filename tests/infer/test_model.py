@@ -168,8 +168,8 @@ def test_cuda_stacked_passes_through_pinned_memory_give_the_cpu_labels(tmp_path,
     several passes in flight before the first result is read."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     ck = write_checkpoint(tmp_path / "toy.pt", pad_mode="reflect")
-    cpu = load_predictor(ck, device="cpu", tile_size=64, amp=False)
-    gpu = load_predictor(ck, device="cuda", tile_size=64, amp=False)
+    cpu = load_predictor(ck, device="cpu", tile_size=64, precision="fp32")
+    gpu = load_predictor(ck, device="cuda", tile_size=64, precision="fp32")
     imgs = [gpu.prepare(random_image(20, 24, 3, seed=s)) for s in range(6)]
     pending = [gpu.start_batch(imgs[k:k + 2], scores=True) for k in range(0, 6, 2)]
     got = [p for finish in pending for p in finish()]

@@ -164,12 +164,13 @@ def test_inference_takes_its_precision_from_the_one_rule(monkeypatch):
     dense = fcnseg.densify(toy_model(num_classes=3, in_channels=1))
     x = torch.randn(2, 1, 21, 21)
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
-    assert forward_windows(dense, x, amp="auto").dtype == torch.float32     # emulated bf16: fp32
-    assert forward_windows(dense, x, amp="bf16").dtype == torch.bfloat16    # asked for
+    assert forward_windows(dense, x, precision="auto").dtype == torch.float32     # emulated bf16: fp32
+    assert forward_windows(dense, x, precision="bf16").dtype == torch.bfloat16    # asked for
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
-    assert forward_windows(dense, x, amp="auto").dtype == torch.bfloat16
-    assert forward_windows(dense, x, amp=True).dtype == torch.bfloat16      # the old boolean: auto
-    assert forward_windows(dense, x, amp=False).dtype == torch.float32      # IEEE fp32
+    assert forward_windows(dense, x, precision="auto").dtype == torch.bfloat16
+    assert forward_windows(dense, x, precision=True).dtype == torch.bfloat16        # the old boolean: auto
+    assert forward_windows(dense, x, precision=False).dtype == torch.float32       # the old boolean: IEEE fp32
+    assert forward_windows(dense, x, precision="fp32").dtype == torch.float32
 
 
 @pytest.mark.gpu
@@ -185,5 +186,5 @@ def test_cuda_device_and_precision_rule_on_a_real_gpu(no_torchrun):
     assert env.device == dev and torch.cuda.current_device() == 0 and not env.enabled
     dense = fcnseg.densify(toy_model(num_classes=3, in_channels=1).to(dev))
     x = torch.randn(2, 1, 21, 21)
-    assert forward_windows(dense, x, amp=True).dtype is want
-    assert forward_windows(dense, x, amp=False).dtype == torch.float32
+    assert forward_windows(dense, x, precision="auto").dtype is want
+    assert forward_windows(dense, x, precision="fp32").dtype == torch.float32
