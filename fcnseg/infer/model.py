@@ -249,7 +249,7 @@ def _stride_of(model: nn.Module) -> int:
 
 
 def predict_whole(pred: Predictor, raw: np.ndarray, *, precision: str = "fp32",
-                  channels_last: bool = False) -> tiling.Prediction:
+                  channels_last: bool = False) -> tiling.GridPrediction:
     """An already dense network (smp) on the whole image: padded at the bottom/right
     (replicate) to a multiple of its encoder stride, then cropped. Not tiled: such a
     network pads inside, so tiles would not reproduce the whole-image result."""
@@ -264,7 +264,7 @@ def predict_whole(pred: Predictor, raw: np.ndarray, *, precision: str = "fp32",
     with torch.inference_mode(), runtime.precision_context(precision, p.device):
         out = pred.model(x)[0, :, :H, :W]
     labels = out.argmax(0).to("cpu", label_dtype(out.shape[0]))
-    return tiling.Prediction(labels, out.float().cpu(), 1)
+    return tiling.GridPrediction(labels, out.float().cpu(), 1)
 
 
 def load_predictor(checkpoint: str | os.PathLike, *, device: str = "auto", output_stride: int = 1,

@@ -221,7 +221,7 @@ def plan_tiles(height: int, width: int, patch_size, stride: int, tile_size: int 
 
 
 @dataclass
-class Prediction:
+class GridPrediction:
     """labels (rows, cols) and scores (K, rows, cols) on the output grid; cell (m, n) is
     pixel ((row0 + m)*s, (col0 + n)*s). scores is None when not requested, a tensor, or
     the caller's ``scores_out`` array."""
@@ -301,7 +301,7 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
                   pad_mode: str | None = None, pad_value: float | None = None,
                   batch_size: int = 1, precision: str = "fp32", channels_last: bool = False,
                   return_scores: bool = True, scores_out: np.ndarray | None = None,
-                  label_channels: int | None = None) -> Prediction:
+                  label_channels: int | None = None) -> GridPrediction:
     """Dense prediction of one image, tile by tile, identical to the untiled pass.
 
     dense: a DenseNet (``patch_size``, ``output_stride``, ``forward_valid``; padding rule
@@ -345,7 +345,7 @@ def predict_tiled(dense: nn.Module, image, tile_size: int | None, *,
                     scores[(slice(None),) + sl] = o.to("cpu")
                 else:
                     scores[(slice(None),) + sl] = o.cpu().numpy()
-    return Prediction(labels, scores, s[0], plan.row0, plan.col0)
+    return GridPrediction(labels, scores, s[0], plan.row0, plan.col0)
 
 
 # --- automatic tile size -----------------------------------------------------------------
