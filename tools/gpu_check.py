@@ -139,6 +139,9 @@ def main(argv=None) -> int:
         result.setdefault("seconds", round(time.perf_counter() - t0, 1))
         summary["steps"][name] = result
         print(f"[{name}] {result['status']} in {result['seconds']} s", flush=True)
+        if result["status"] == "failed":    # enough to diagnose from a CI log; the whole log is in out/logs
+            details = [result["error"]] if "error" in result else tail(result.get("log", ""), 20)
+            print("\n".join(f"  {line}" for line in details), flush=True)
         runtime.write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
 
     def tests():
