@@ -21,6 +21,7 @@ from .device import (
                      ShardSampler,
                      all_reduce_mean,
                      barrier,
+                     broadcast_from_rank0,
                      cleanup_distributed,
                      device_memory_budget_mb,
                      dist_env,
