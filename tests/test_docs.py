@@ -632,7 +632,7 @@ def test_documented_command(item, workspace):
 
 
 # Fenced blocks that are not commands (data, configs, listings) and need no marker.
-NOT_RUN = {"", "json", "yaml", "yml", "toml", "text", "txt", "csv", "ini", "diff", "markdown", "md"}
+NOT_RUN = {"", "json", "yaml", "yml", "toml", "text", "txt", "csv", "ini", "diff", "markdown", "md", "bibtex"}
 
 
 def test_no_block_is_ignored_silently():
